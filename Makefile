@@ -1,0 +1,43 @@
+# tor-sets: the two commands are `make rules` (the main job) and `make test` (everything the tests need, then
+# the tests). Both create the virtual environment on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: rules test lint verify bench engines system-deps plugin clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+## the main job: rules/tor_rules.yaml from the live directory (else the cached download, else the bundled snapshot)
+rules: $(STAMP)
+	$(BIN)/tor-sets build -o rules/tor_rules.yaml
+
+system-deps:
+	scripts/system-deps.sh
+
+## the real engines (legacy sysdig, sid's sysdig in a cached root and as a local Docker image)
+engines: $(STAMP) system-deps
+	$(BIN)/tor-sets engines install all
+
+## everything the tests need, then every test; a skipped integration test counts as a failure here
+test: $(STAMP) engines
+	TOR_SETS_NO_SKIP=1 $(BIN)/pytest -q; status=$$?; $(BIN)/tor-sets engines stop-docker || true; exit $$status
+
+lint: $(STAMP)
+	$(BIN)/ruff check tor_sets tests
+	$(BIN)/ruff format --check tor_sets tests
+	$(BIN)/mypy
+
+verify: $(STAMP) engines
+	$(BIN)/tor-sets verify --engine all; status=$$?; $(BIN)/tor-sets engines stop-docker || true; exit $$status
+
+bench: $(STAMP) engines
+	$(BIN)/tor-sets bench --output docs
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,103 @@
+"""A real HTTP server on loopback that plays Onionoo for the client's tests.
+
+Each test sets what the next requests get (status, body, gzip, Last-Modified, a stall, a cut connection) and reads
+back what the client sent (headers, query). The server runs in a thread for the whole test session.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate, parsedate_to_datetime
+
+
+@dataclass
+class Behaviour:
+    status: int = 200
+    body: bytes = b""
+    gzip: bool = False
+    content_type: str = "application/json"
+    last_modified: float | None = None  # epoch seconds; honours If-Modified-Since when set
+    stall: float = 0.0  # seconds to sleep before answering
+    truncate_to: int | None = None  # send only this many body bytes, then close
+    headers: dict[str, str] = field(default_factory=dict)
+    statuses: list[int] = field(default_factory=list)  # statuses for the first requests, then `status`
+
+
+class OnionooServer:
+    def __init__(self) -> None:
+        self.behaviour = Behaviour()
+        self.requests: list[dict[str, str]] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                b = server.behaviour
+                server.requests.append({"path": self.path, **{k: v for k, v in self.headers.items()}})
+                if b.stall:
+                    time.sleep(b.stall)
+                status = b.statuses.pop(0) if b.statuses else b.status
+                since = self.headers.get("If-Modified-Since")
+                if status == 200 and b.last_modified is not None and since:
+                    try:
+                        if parsedate_to_datetime(since).timestamp() >= int(b.last_modified):
+                            status = 304
+                    except (TypeError, ValueError):
+                        pass
+                body = b.body if status == 200 else (b.body if status >= 400 else b"")
+                if b.gzip and status == 200:
+                    body = gzip.compress(body)
+                self.send_response(status)
+                self.send_header("Content-Type", b.content_type)
+                if b.gzip and status == 200:
+                    self.send_header("Content-Encoding", "gzip")
+                if b.last_modified is not None:
+                    self.send_header("Last-Modified", formatdate(b.last_modified, usegmt=True))
+                for k, v in b.headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if b.truncate_to is not None:
+                    self.wfile.write(body[: b.truncate_to])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}/details"
+
+    def reset(self, **kwargs: object) -> Behaviour:
+        self.behaviour = Behaviour(**kwargs)  # type: ignore[arg-type]
+        self.requests.clear()
+        return self.behaviour
+
+    def start(self) -> OnionooServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

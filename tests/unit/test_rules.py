@@ -1,0 +1,173 @@
+"""Falco rules from relay sets: exact coverage, determinism, profiles, options, atomic writes."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import re
+import stat
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from tor_sets.build import BuildOptions, build, write_rules
+from tor_sets.errors import SanityError
+from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE, RulesOptions
+from tor_sets.relays import Relay, Role, Snapshot, classify
+
+
+def load(text):
+    items = yaml.safe_load(text)
+    lists = {i["list"]: i["items"] for i in items if "list" in i}
+    macros = {i["macro"]: i["condition"] for i in items if "macro" in i}
+    rules = {i["rule"]: i for i in items if "rule" in i}
+    return items, lists, macros, rules
+
+
+def matched_by(condition, lists, macros, field):
+    """The addresses a condition's `field in (...)` and network clauses cover, resolving macros and lists."""
+    for name, body in macros.items():
+        condition = re.sub(rf"\b{name}\b", f"({body})", condition)
+    covered = set()
+    net_field = field.replace("ip", "net")
+    for fld, names in re.findall(r"(fd\.\w+) in \(([^)]*)\)", condition):
+        if fld not in (field, net_field):
+            continue
+        for name in (n.strip() for n in names.split(",")):
+            for value in lists[name]:
+                if fld == field:
+                    assert "/" not in value, f"{value} in an address list"
+                    covered.add(ipaddress.ip_address(value))
+                else:
+                    covered.update(ipaddress.ip_network(value))
+    return covered
+
+
+def test_bundled_rules_hold_exactly_entry_for_outbound_and_exit_for_inbound(bundled):
+    built = build(bundled)
+    sets = classify(bundled)
+    _, lists, macros, rules = load(built.text)
+    outbound = rules[OUTBOUND_RULE]["condition"]
+    inbound = rules[INBOUND_RULE]["condition"]
+    assert matched_by(outbound, lists, macros, "fd.sip") == set(sets.entry)
+    assert matched_by(inbound, lists, macros, "fd.cip") == set(sets.exit)
+    # the outbound rule never looks at the client end, the inbound rule never at the server end
+    assert not matched_by(outbound, lists, macros, "fd.cip") and not matched_by(inbound, lists, macros, "fd.sip")
+    assert "accept4" in macros["tor_inbound_connection"]
+    assert "EINPROGRESS" in macros["tor_outbound_connection"] and "evt.dir" not in built.text
+    # every address is written once
+    values = [v for items in lists.values() for v in items]
+    assert len(values) == len(set(values))
+
+
+def test_output_is_deterministic_whatever_the_relay_order(bundled):
+    shuffled = list(bundled.relays)
+    random.Random(7).shuffle(shuffled)
+    assert build(bundled).text == build(replace(bundled, relays=tuple(shuffled))).text
+
+
+def test_bundled_size_beats_the_2022_tool(bundled):
+    # the 2022 tool writes 210,984 bytes for this snapshot and coverage; docs/benchmarks.md has the figures
+    assert len(build(bundled).text.encode()) <= 0.6 * 210_984
+
+
+def snapshot(*relays: Relay) -> Snapshot:
+    from datetime import datetime
+
+    return Snapshot(relays_published=datetime(2026, 2, 28, 1), relays=relays, source="test")
+
+
+def r(fp: str, *addresses: str, flags: tuple[str, ...] = ("Guard",), exits: tuple[str, ...] = ()) -> Relay:
+    return Relay(fp * 40, or_addresses=tuple(map(ipaddress.ip_address, addresses)), flags=frozenset(flags),
+                 exit_addresses=tuple(map(ipaddress.ip_address, exits)))
+
+
+SMALL = snapshot(
+    r("A", "185.220.101.1", "2a01:4f8::1"),
+    r("B", "185.220.102.8", flags=("Guard", "Exit"), exits=("185.220.102.9",)),
+    *[r(c, f"185.220.100.{i}", flags=("Exit",)) for i, c in enumerate("0123456789ABCDEF")],
+    r("C", "185.220.103.5", flags=("Exit", "BadExit")),
+    r("D", "185.220.104.5", flags=("Authority",)),
+)
+
+
+def test_small_snapshot_layout():
+    text = build(SMALL).text
+    _, lists, macros, _ = load(text)
+    assert lists["tor_entry_only_ipv4_addresses"] == ["185.220.101.1", "185.220.104.5"]
+    assert lists["tor_entry_only_ipv6_addresses"] == ["2a01:4f8::1"]
+    assert lists["tor_entry_and_exit_ipv4_addresses"] == ["185.220.102.8"]
+    assert lists["tor_exit_only_ipv4_addresses"] == ["185.220.102.9"]
+    assert lists["tor_exit_only_ipv4_networks"] == ["185.220.100.0/28"]
+    assert lists["tor_exit_only_ipv6_addresses"] == []  # empty lists are [] (Falco rejects null)
+    assert "items: []" in text and "185.220.103.5" not in text  # BadExit left out
+    assert "fd.cnet in (tor_exit_only_ipv4_networks)" in macros["tor_exit_relay_client"]
+
+
+def test_options_change_what_is_written():
+    no_auth = build(SMALL, BuildOptions(include_authorities=False)).text
+    assert "185.220.104.5" not in no_auth
+    assert "185.220.103.5" in build(SMALL, BuildOptions(include_bad_exits=True)).text
+    excluded = build(SMALL, BuildOptions(exclude=(ipaddress.ip_network("185.220.100.0/29"),))).text
+    exit_only = load(excluded)[1]["tor_exit_only_ipv4_addresses"]
+    assert [a for a in exit_only if a.startswith("185.220.100.")] == [f"185.220.100.{i}" for i in range(8, 16)]
+    v4_only = build(SMALL, BuildOptions(rules=RulesOptions(families=frozenset({4})))).text
+    assert not [n for n in load(v4_only)[1] if "ipv6" in n] and "2a01" not in v4_only
+    outbound = build(SMALL, BuildOptions(rules=RulesOptions(rules=frozenset({"outbound"}),
+                                                            roles=frozenset({Role.ENTRY})))).text
+    _, lists, _, rules = load(outbound)
+    assert list(rules) == [OUTBOUND_RULE] and "tor_entry_ipv4_addresses" in lists
+    quiet = build(SMALL, BuildOptions(rules=RulesOptions(priority="notice", tags=("a", "b")))).text
+    assert all(rule["priority"] == "NOTICE" and rule["tags"] == ["a", "b"] for rule in load(quiet)[3].values())
+    expanded = build(SMALL, BuildOptions(rules=RulesOptions(expand_below=17))).text
+    assert "/28" not in expanded and "185.220.100.15" in expanded
+
+
+def test_profiles():
+    current = build(SMALL).text
+    assert "required_engine_version: 0.31.0" in current
+    assert "required_engine_version: '26'" in build(SMALL, BuildOptions(rules=RulesOptions(falco_version="0.36"))).text
+    v6net = snapshot(*[r(c, f"2a01:4f8::{i:x}") for i, c in enumerate("0123456789ABCDEF")])
+    entry_only = RulesOptions(rules=frozenset({"outbound"}), roles=frozenset({Role.ENTRY}))
+    modern = load(build(v6net, BuildOptions(rules=entry_only)).text)[1]
+    assert modern["tor_entry_ipv6_networks"] == ["2a01:4f8::/124"]
+    legacy_text = build(v6net, BuildOptions(rules=replace(entry_only, falco_version="legacy"))).text
+    legacy = load(legacy_text)[1]
+    assert "required_engine_version" not in legacy_text
+    assert "tor_entry_ipv6_networks" not in legacy and len(legacy["tor_entry_ipv6_addresses"]) == 16
+
+
+def test_2022_list_names_keep_users_exceptions_working():
+    _, lists, macros, _ = load(build(SMALL, BuildOptions(rules=RulesOptions(list_names="2022"))).text)
+    assert {"tor_ipv4_entry_nodes", "tor_ipv4_exit_nodes", "tor_ipv6_entry_nodes", "tor_ipv6_exit_nodes"} <= set(lists)
+    assert "185.220.102.8" in lists["tor_ipv4_entry_nodes"] and "185.220.102.8" in lists["tor_ipv4_exit_nodes"]
+    assert "tor_ipv4_entry_nodes" in macros["tor_entry_relay_server"]
+
+
+def test_refuses_rules_that_cannot_fire():
+    with pytest.raises(SanityError, match="no exit relay address"):
+        build(snapshot(r("A", "185.220.101.1")))
+    with pytest.raises(SanityError, match="185.220.1.0/24 is wider than /25"):
+        build(snapshot(*[r("A", f"185.220.1.{j}") for j in range(256)]),
+              BuildOptions(rules=RulesOptions(rules=frozenset({"outbound"}), roles=frozenset({Role.ENTRY}),
+                                              min_prefix_v4=25)))
+
+
+def test_header_names_provenance(bundled):
+    head = build(bundled).text.split("\n- ")[0]
+    assert "relays_published: 2026-02-28 01:00:00 UTC" in head and "tor-sets 0.1.0" in head
+    assert "entry_ipv4 4177" in head
+
+
+def test_write_rules_is_atomic_and_skips_unchanged(tmp_path):
+    path = tmp_path / "rules.d" / "tor_rules.yaml"
+    assert write_rules(path, "a: 1\n") is True
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    before = path.stat().st_mtime_ns
+    os.utime(path, ns=(before - 10**9, before - 10**9))
+    assert write_rules(path, "a: 1\n") is False
+    assert path.stat().st_mtime_ns == before - 10**9
+    assert write_rules(path, "a: 2\n") is True and path.read_text() == "a: 2\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["tor_rules.yaml"]

@@ -1,0 +1,83 @@
+"""The command line: ``tor-sets SUBCOMMAND ...``.
+
+The only package that parses argv, prints and exits. Each subcommand lives in a module of its own exposing
+``add_parser(subparsers)``, which registers the subcommand and sets ``func`` (``args -> int``) as its default.
+stdout carries only data (YAML, JSON, tables); progress, warnings and logs go to stderr.
+
+Exit codes:
+    0  success (rules written or unchanged; verification passed)
+    1  a check failed (verification found misses or false alarms)
+    2  usage error (bad flags)
+    3  runtime error (engine failure, I/O)
+    4  upstream failure (fetch failed, document unusable)
+    5  a sanity guard tripped (empty or shrunk sets, too-wide networks)
+    6  validation failure (rules do not load or compile)
+    7  stale data (older than --max-age)
+    130 interrupted
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+from tor_sets import __version__
+from tor_sets.errors import TorSetsError
+
+EXIT_CODES_HELP = __doc__.split("Exit codes:", 1)[1] if __doc__ else ""
+
+
+def _subcommand_modules() -> list[ModuleType]:
+    from tor_sets.cli import build
+
+    modules: list[ModuleType] = [build]
+    for name in ("verify", "engines", "bench", "refresh", "publish", "enrich", "selftest", "plugin"):
+        try:
+            modules.append(__import__(f"tor_sets.cli.{name}", fromlist=["add_parser"]))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"tor_sets.cli.{name}":
+                raise
+    return modules
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="tor-sets",
+        description="Falco rules from the Tor relay directory, verified on real engines.",
+        epilog="exit codes:" + EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tor-sets {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _subcommand_modules():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="tor-sets: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except TorSetsError as exc:
+        if args.verbose:
+            raise
+        print(f"tor-sets: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tor-sets: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,277 @@
+"""``tor-sets build``: fetch or read relay data, write the Falco rules file."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import re
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from tor_sets.build import BuildOptions, Built, build, parse_networks, write_rules
+from tor_sets.compact import DEFAULT_EXPAND_BELOW
+from tor_sets.errors import SanityError
+from tor_sets.falco.generate import DEFAULT_TAGS, RulesOptions
+from tor_sets.falco.model import PRIORITIES
+from tor_sets.onionoo import DEFAULT_URL, FetchSettings, Obtained, default_cache_dir, obtain
+from tor_sets.relays import IPAddress, Role
+
+log = logging.getLogger("tor_sets")
+
+FORMATS = ("falco", "configmap", "helm-values", "plugin-table", "falco-plugin")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90m``, ``6h``, ``2d``, ``1w`` or plain seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 6h, 2d)")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match[2]]
+    return timedelta(seconds=float(match[1]) * unit)
+
+
+def _csv(choices: tuple[str, ...]) -> argparse._ActionType:  # type: ignore[name-defined]
+    def parse(text: str) -> frozenset[str]:
+        values = frozenset(v.strip().lower() for v in text.split(",") if v.strip())
+        unknown = values - set(choices)
+        if not values or unknown:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(choices)}")
+        return values
+
+    return parse
+
+
+def _priority(text: str) -> str:
+    if text.upper() not in PRIORITIES:
+        raise argparse.ArgumentTypeError(f"priority must be one of {', '.join(p.lower() for p in PRIORITIES)}")
+    return text.upper()
+
+
+def _address(text: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError("expected an integer >= 2")
+    return int(text)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where relay data comes from (shared with refresh and other subcommands)."""
+    group = parser.add_argument_group("relay data")
+    group.add_argument("--input", "-i", type=Path, metavar="FILE", help="read a details document (JSON or .json.gz)")
+    group.add_argument("--url", default=DEFAULT_URL, help="Onionoo details endpoint (default: %(default)s)")
+    group.add_argument("--offline", action="store_true", help="do not fetch; use the cached download or the bundle")
+    group.add_argument("--no-fallback", action="store_true", help="fail when the live directory cannot be fetched")
+    group.add_argument(
+        "--max-age",
+        type=parse_duration,
+        metavar="AGE",
+        help="fail (exit 7) when the relay data is older than AGE (e.g. 6h, 2d)",
+    )
+    group.add_argument("--cache-dir", type=Path, default=None, help=f"download cache (default: {default_cache_dir()})")
+    group.add_argument("--timeout", type=float, default=60.0, help="read timeout in seconds (default: 60)")
+    group.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, help="cap on the document size")
+
+
+def add_rules_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the rules contain (shared with refresh and other subcommands)."""
+    group = parser.add_argument_group("rules")
+    group.add_argument(
+        "--rules",
+        type=_csv(("inbound", "outbound")),
+        default=frozenset({"inbound", "outbound"}),
+        help="rules to write (default: inbound,outbound)",
+    )
+    group.add_argument(
+        "--roles",
+        type=_csv(("entry", "exit", "relay")),
+        default=frozenset({"entry", "exit"}),
+        help="roles to write lists for; 'relay' makes the outbound rule watch every relay",
+    )
+    group.add_argument(
+        "--families",
+        type=_csv(("ipv4", "ipv6")),
+        default=frozenset({"ipv4", "ipv6"}),
+        help="address families (default: ipv4,ipv6)",
+    )
+    group.add_argument(
+        "--falco-version",
+        default="0.37",
+        help="oldest Falco the rules must load on; 0.31 or 'legacy' selects the legacy profile",
+    )
+    group.add_argument("--priority", type=_priority, default="WARNING", help="rule priority (default: warning)")
+    group.add_argument("--tags", default=",".join(DEFAULT_TAGS), help="comma-separated rule tags")
+    group.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="remove your own range from every set (repeatable)",
+    )
+    group.add_argument(
+        "--expand-below",
+        type=_positive_int,
+        default=DEFAULT_EXPAND_BELOW,
+        metavar="N",
+        help=f"write networks of fewer than N addresses as addresses (default: {DEFAULT_EXPAND_BELOW})",
+    )
+    group.add_argument(
+        "--list-names",
+        choices=("tor-sets", "2022"),
+        default="tor-sets",
+        help="'2022' writes the 2022 tool's list names (tor_ipv4_entry_nodes ...)",
+    )
+    group.add_argument("--no-authorities", action="store_true", help="do not count directory authorities as entry")
+    group.add_argument("--keep-bad-exits", action="store_true", help="keep BadExit relays in the exit set")
+    group.add_argument("--allow-wide", action="store_true", help="allow networks wider than /16 (IPv4) or /32 (IPv6)")
+    group.add_argument(
+        "--canary",
+        action="append",
+        type=_address,
+        default=[],
+        metavar="ADDRESS",
+        help="add a documentation-range address to entry and exit (end-to-end self-tests)",
+    )
+
+
+def build_options(args: argparse.Namespace) -> BuildOptions:
+    """The BuildOptions an argument namespace asks for."""
+    canaries = tuple(args.canary)
+    for canary in canaries:
+        if not any(
+            canary in ipaddress.ip_network(n)
+            for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+            if ipaddress.ip_network(n).version == canary.version
+        ):
+            raise SanityError(f"canary {canary} is not a documentation address (RFC 5737 / RFC 3849)")
+    try:
+        rules = RulesOptions(
+            rules=frozenset(args.rules),
+            roles=frozenset(Role(r) for r in args.roles),
+            families=frozenset(int(f[-1]) for f in args.families),
+            falco_version=args.falco_version,
+            priority=args.priority,
+            tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()),
+            expand_below=args.expand_below,
+            list_names=args.list_names,
+            min_prefix_v4=0 if args.allow_wide else 16,
+            min_prefix_v6=0 if args.allow_wide else 32,
+        )
+        rules.check()
+    except ValueError as exc:
+        raise SanityError(str(exc)) from exc
+    return BuildOptions(
+        rules=rules,
+        exclude=parse_networks(args.exclude),
+        include_authorities=not args.no_authorities,
+        include_bad_exits=args.keep_bad_exits,
+        canaries=canaries,
+    )
+
+
+def obtain_from_args(args: argparse.Namespace) -> Obtained:
+    """Get relay data as the source arguments say, logging the fallback warning."""
+    settings = FetchSettings(
+        url=args.url,
+        read_timeout=args.timeout,
+        max_bytes=args.max_bytes,
+        cache_dir=args.cache_dir or default_cache_dir(),
+    )
+    obtained = obtain(
+        input_path=args.input,
+        settings=settings,
+        offline=args.offline,
+        fallback=not args.no_fallback,
+        max_age=args.max_age,
+    )
+    if obtained.warning:
+        log.warning("%s", obtained.warning)
+    summary = obtained.snapshot.dropped_summary()
+    if summary:
+        log.warning("%s", summary)
+    return obtained
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "build",
+        help="write Falco rules from the Tor relay directory",
+        description="Fetch (or read) the Tor relay directory and write Falco rules for it.",
+    )
+    add_source_arguments(parser)
+    add_rules_arguments(parser)
+    parser.add_argument(
+        "-o",
+        "--output",
+        default="tor_rules.yaml",
+        metavar="PATH",
+        help="where to write (default: tor_rules.yaml; '-' for stdout)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="falco",
+        help="falco rules (default), a Kubernetes ConfigMap, Helm values, the plugin's table, or rules for the plugin",
+    )
+    parser.set_defaults(func=run)
+
+
+def render_format(built: Built, fmt: str, args: argparse.Namespace) -> str | bytes:
+    """The output of ``--format`` for a build."""
+    if fmt == "falco":
+        return built.text
+    if fmt in ("configmap", "helm-values"):
+        from tor_sets import fleet
+
+        filename = Path(args.output).name if args.output != "-" and fmt == "configmap" else "tor_rules.yaml"
+        if fmt == "configmap":
+            return fleet.render_configmap(built.text)
+        return fleet.render_helm_values(built.text, filename=filename)
+    from tor_sets import plugin
+
+    if fmt == "plugin-table":
+        return plugin.table_bytes(built)
+    return plugin.plugin_rules_text(built)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = build_options(args)
+    obtained = obtain_from_args(args)
+    built = build(obtained.snapshot, options)
+    output = render_format(built, args.format, args)
+    if args.output == "-":
+        if isinstance(output, bytes):
+            sys.stdout.buffer.write(output)
+        else:
+            sys.stdout.write(output)
+        changed = True
+    else:
+        changed = write_rules(Path(args.output), output)
+    counts = built.sets.counts()
+    snapshot = obtained.snapshot
+    log.info(
+        "%s %s: %d bytes, %d list items (%d networks) from %d relays published %s UTC (%s)",
+        "wrote" if changed else "unchanged",
+        args.output,
+        len(output if isinstance(output, bytes) else output.encode()),
+        built.list_items(),
+        built.networks(),
+        len(snapshot.relays),
+        f"{snapshot.relays_published:%Y-%m-%d %H:%M}",
+        obtained.origin,
+    )
+    log.info(
+        "entry: %d IPv4 + %d IPv6, exit: %d IPv4 + %d IPv6",
+        counts["entry_ipv4"],
+        counts["entry_ipv6"],
+        counts["exit_ipv4"],
+        counts["exit_ipv6"],
+    )
+    return 0

@@ -1,0 +1,273 @@
+"""From relay sets to a Falco rules model: which lists, which macros, which rules.
+
+Exports :class:`RulesOptions`, :class:`Layout` and :func:`generate` (pure: sets and options in, a
+:class:`~tor_sets.falco.model.RulesFile` out), and the names of the macros and rules it writes.
+
+Layout. Every address is written once: the addresses watched by the rules are partitioned into cells by the roles
+they belong to (entry only, exit only, entry and exit), each cell split by family into single addresses (matched
+with ``fd.sip``/``fd.cip``, a hash-set lookup in current engines) and true networks (``fd.snet``/``fd.cnet``, scanned
+entry by entry, so kept few; IPv4 and IPv6 networks never share a list). A macro per watched role then reads as what
+it means (``tor_entry_relay_server``: the server end of the socket is a Tor entry relay) and references the lists of
+every cell holding that role. With ``list_names="2022"`` the lists instead follow the 2022 tool's names
+(``tor_ipv4_entry_nodes`` ...), one complete list per role and family, so users' existing exceptions keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tor_sets.compact import DEFAULT_EXPAND_BELOW, Compacted, check_width, split
+from tor_sets.errors import SanityError
+from tor_sets.falco.model import PRIORITIES, FalcoList, Item, Macro, Profile, Rule, RulesFile, profile_for
+from tor_sets.relays import IPAddress, RelaySets, Role
+
+__all__ = [
+    "DEFAULT_TAGS",
+    "INBOUND_RULE",
+    "OUTBOUND_RULE",
+    "OUTBOUND_RELAY_RULE",
+    "RulesOptions",
+    "generate",
+    "role_macro",
+]
+
+DEFAULT_TAGS = ("network", "mitre_command_and_control", "T1090.003", "TA0011", "tor")
+OUTBOUND_RULE = "Outbound Connection to Tor Entry Relay"
+OUTBOUND_RELAY_RULE = "Outbound Connection to Tor Relay"
+INBOUND_RULE = "Inbound Connection from Tor Exit Relay"
+OUTBOUND_MACRO = "tor_outbound_connection"
+INBOUND_MACRO = "tor_inbound_connection"
+_LEGACY_IPV6_EXPAND_LIMIT = 4096
+
+_OUTPUT_FIELDS = (
+    "connection=%fd.name lport=%fd.lport rport=%fd.rport fd_sip=%fd.sip fd_cip=%fd.cip "
+    "process=%proc.name pid=%proc.pid command=%proc.cmdline user=%user.name "
+    "container_id=%container.id container_name=%container.name image=%container.image.repository"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RulesOptions:
+    """What to emit.
+
+    Attributes:
+        rules: ``outbound`` (connections to entry relays) and/or ``inbound`` (connections from exit relays).
+        roles: roles to write lists for; ``relay`` makes the outbound rule watch every relay instead of entry.
+        families: IP versions to cover (4, 6).
+        falco_version: the oldest Falco the rules must load on (``0.37``; ``0.31`` or ``legacy`` for the legacy
+            profile).
+        priority, tags: of both rules.
+        expand_below: networks with fewer addresses are written as addresses.
+        list_names: ``tor-sets`` (deduplicated cells) or ``2022`` (the 2022 tool's names, one list per role).
+        min_prefix_v4, min_prefix_v6: refuse networks wider than these.
+    """
+
+    rules: frozenset[str] = frozenset({"inbound", "outbound"})
+    roles: frozenset[Role] = frozenset({Role.ENTRY, Role.EXIT})
+    families: frozenset[int] = frozenset({4, 6})
+    falco_version: str = "0.37"
+    priority: str = "WARNING"
+    tags: tuple[str, ...] = DEFAULT_TAGS
+    expand_below: int = DEFAULT_EXPAND_BELOW
+    list_names: Literal["tor-sets", "2022"] = "tor-sets"
+    min_prefix_v4: int = 16
+    min_prefix_v6: int = 32
+    header: tuple[str, ...] = field(default=())
+
+    @property
+    def profile(self) -> Profile:
+        return profile_for(self.falco_version)
+
+    @property
+    def outbound_role(self) -> Role:
+        return Role.RELAY if Role.RELAY in self.roles else Role.ENTRY
+
+    def check(self) -> None:
+        """Raise ValueError on options that contradict each other."""
+        if not self.rules or not self.rules <= {"inbound", "outbound"}:
+            raise ValueError("rules must be a non-empty subset of inbound, outbound")
+        if not self.families or not self.families <= {4, 6}:
+            raise ValueError("families must be a non-empty subset of 4, 6")
+        if self.priority.upper() not in PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(p.lower() for p in PRIORITIES)}")
+        if "outbound" in self.rules and not self.roles & {Role.ENTRY, Role.RELAY}:
+            raise ValueError("the outbound rule needs the entry (or relay) role")
+        if "inbound" in self.rules and Role.EXIT not in self.roles:
+            raise ValueError("the inbound rule needs the exit role")
+        if self.expand_below < 2:
+            raise ValueError("expand_below must be at least 2")
+
+
+def role_macro(role: Role) -> str:
+    """The macro true when the socket's relay end has ``role``: server end for entry/relay, client end for exit."""
+    return {
+        Role.ENTRY: "tor_entry_relay_server",
+        Role.RELAY: "tor_relay_server",
+        Role.EXIT: "tor_exit_relay_client",
+    }[role]
+
+
+def _fields(role: Role) -> tuple[str, str]:
+    return ("fd.cip", "fd.cnet") if role is Role.EXIT else ("fd.sip", "fd.snet")
+
+
+@dataclass(frozen=True, slots=True)
+class _Cell:
+    """Addresses belonging to exactly these roles (among the watched ones), compacted."""
+
+    name: str
+    roles: frozenset[Role]
+    compacted: Compacted
+
+
+def _cells(sets: RelaySets, options: RulesOptions) -> list[_Cell]:
+    watched = sorted(options.roles, key=list(Role).index)
+    membership: dict[IPAddress, frozenset[Role]] = {}
+    for role in watched:
+        for address in sets.role(role):
+            if address.version in options.families:
+                membership[address] = membership.get(address, frozenset()) | {role}
+    by_roles: dict[frozenset[Role], list[IPAddress]] = {}
+    for address, roles in membership.items():
+        by_roles.setdefault(roles, []).append(address)
+    if options.list_names == "2022":
+        # one complete list per role: a cell per role, addresses repeated across roles
+        groups = [(frozenset({r}), [a for a, rs in membership.items() if r in rs]) for r in watched]
+    else:
+        groups = sorted(by_roles.items(), key=lambda kv: [list(Role).index(r) for r in sorted(kv[0])])
+    cells = []
+    for roles, addresses in groups:
+        cells.append(_Cell(_cell_name(roles, watched, options), roles, _compact(addresses, options)))
+    return cells
+
+
+def _cell_name(roles: frozenset[Role], watched: Sequence[Role], options: RulesOptions) -> str:
+    if options.list_names == "2022" or len(watched) == 1:
+        return next(iter(roles)).value
+    named = [r.value for r in watched if r in roles and (r is not Role.RELAY or roles == {Role.RELAY})]
+    return "_and_".join(named) if len(named) > 1 else f"{named[0]}_only"
+
+
+def _compact(addresses: list[IPAddress], options: RulesOptions) -> Compacted:
+    compacted = split(addresses, expand_below=options.expand_below)
+    check_width(compacted.networks, min_prefix_v4=options.min_prefix_v4, min_prefix_v6=options.min_prefix_v6)
+    if options.profile.ipv6_networks or not any(n.version == 6 for n in compacted.networks):
+        return compacted
+    # legacy engines reject IPv6 CIDR values: write those networks as addresses
+    singles = list(compacted.addresses)
+    for network in compacted.networks:
+        if network.version == 6:
+            if network.num_addresses > _LEGACY_IPV6_EXPAND_LIMIT:
+                raise SanityError(f"legacy profile cannot express IPv6 network {network} (too many addresses)")
+            singles.extend(network)
+    return Compacted(
+        tuple(sorted(singles, key=lambda a: (a.version, int(a)))),
+        tuple(n for n in compacted.networks if n.version == 4),
+    )
+
+
+def _list_name(cell: _Cell, kind: str, version: int, options: RulesOptions) -> str:
+    if options.list_names == "2022":
+        role = "all" if cell.name == "relay" else cell.name
+        suffix = "nodes" if kind == "addresses" else "networks"
+        return f"tor_ipv{version}_{role}_{suffix}"
+    return f"tor_{cell.name}_ipv{version}_{kind}"
+
+
+def generate(sets: RelaySets, options: RulesOptions | None = None) -> RulesFile:
+    """Build the rules model for ``sets``.
+
+    Raises:
+        ValueError: contradictory options.
+        SanityError: a watched role has no address at all, or a network is too wide.
+    """
+    options = options or RulesOptions()
+    options.check()
+    cells = _cells(sets, options)
+    items: list[Item] = []
+    # lists named per cell, kind and family, in a fixed order
+    lists_of: dict[tuple[str, str, int], str] = {}
+    for cell in cells:
+        for version in sorted(options.families):
+            part = cell.compacted.family(version)
+            for kind, values in (("addresses", part.addresses), ("networks", part.networks)):
+                if kind == "networks" and not values and options.list_names == "tor-sets":
+                    continue
+                name = _list_name(cell, kind, version, options)
+                lists_of[(cell.name, kind, version)] = name
+                items.append(FalcoList(name, tuple(str(v) for v in values)))
+    wanted_roles = []
+    if "outbound" in options.rules:
+        wanted_roles.append(options.outbound_role)
+    if "inbound" in options.rules:
+        wanted_roles.append(Role.EXIT)
+    for role in wanted_roles:
+        items.append(Macro(role_macro(role), _role_condition(role, cells, lists_of, options)))
+    items.extend(_rules(options))
+    header = (
+        *options.header,
+        f"profile: {options.profile.name} (Falco >= {options.profile.falco_version}); "
+        f"networks below {options.expand_below} addresses written as addresses",
+    )
+    return RulesFile(header=header, required_engine_version=options.profile.required_engine_version, items=tuple(items))
+
+
+def _role_condition(
+    role: Role, cells: Sequence[_Cell], lists_of: Mapping[tuple[str, str, int], str], options: RulesOptions
+) -> str:
+    address_field, network_field = _fields(role)
+    relevant = [c for c in cells if role in c.roles]
+    address_lists = [
+        lists_of[(c.name, "addresses", v)]
+        for c in relevant
+        for v in sorted(options.families)
+        if c.compacted.family(v).addresses
+    ]
+    clauses = []
+    if address_lists:
+        clauses.append(f"{address_field} in ({', '.join(address_lists)})")
+    for version in sorted(options.families):
+        network_lists = [
+            lists_of[(c.name, "networks", version)] for c in relevant if c.compacted.family(version).networks
+        ]
+        if network_lists:
+            clauses.append(f"{network_field} in ({', '.join(network_lists)})")
+    if not clauses:
+        raise SanityError(f"no {role.value} relay address to watch: refusing to write rules that cannot fire")
+    return clauses[0] if len(clauses) == 1 else "(" + " or ".join(clauses) + ")"
+
+
+def _rules(options: RulesOptions) -> list[Item]:
+    macros: list[Item] = []
+    rules: list[Item] = []
+    priority = options.priority.upper()
+    if "outbound" in options.rules:
+        macros.append(Macro(OUTBOUND_MACRO, "evt.type = connect and (evt.rawres >= 0 or evt.res = EINPROGRESS)"))
+        role = options.outbound_role
+        what = "Tor entry relay" if role is Role.ENTRY else "Tor relay"
+        rules.append(
+            Rule(
+                name=OUTBOUND_RULE if role is Role.ENTRY else OUTBOUND_RELAY_RULE,
+                desc=f"A process connected to a {what}: the host may be starting to use Tor "
+                "(possible exfiltration, C2 over Tor or a compromised workload).",
+                condition=f"{OUTBOUND_MACRO} and {role_macro(role)}",
+                output=f"Outbound connection to a {what} | {_OUTPUT_FIELDS}",
+                priority=priority,
+                tags=options.tags,
+            )
+        )
+    if "inbound" in options.rules:
+        macros.append(Macro(INBOUND_MACRO, "evt.type in (accept, accept4) and evt.rawres >= 0"))
+        rules.append(
+            Rule(
+                name=INBOUND_RULE,
+                desc="A process accepted a connection from a Tor exit relay: someone reached this service through Tor.",
+                condition=f"{INBOUND_MACRO} and {role_macro(Role.EXIT)}",
+                output=f"Inbound connection from a Tor exit relay | {_OUTPUT_FIELDS}",
+                priority=priority,
+                tags=options.tags,
+            )
+        )
+    return macros + rules
