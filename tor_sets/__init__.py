@@ -30,6 +30,7 @@ from tor_sets.errors import (
     SanityError,
     StaleDataError,
     TorSetsError,
+    UsageError,
 )
 from tor_sets.falco.emit import render
 from tor_sets.falco.generate import RulesOptions, generate
@@ -74,6 +75,7 @@ __all__ = [
     "Snapshot",
     "StaleDataError",
     "TorSetsError",
+    "UsageError",
     "__version__",
     "aggregate_lossy",
     "build",
@@ -85,6 +87,7 @@ __all__ = [
     "obtain",
     "parse_document",
     "parse_networks",
+    "profile_for",
     "read_snapshot",
     "relay_sets",
     "render",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tor_sets import __version__
-from tor_sets.errors import SanityError, TorSetsError
+from tor_sets.errors import TorSetsError, UsageError
 from tor_sets.falco.emit import render
 from tor_sets.falco.generate import RulesOptions, generate
 from tor_sets.falco.model import RulesFile
@@ -100,11 +100,11 @@ def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
         try:
             out.append(ipaddress.ip_network(value.strip(), strict=False))
         except ValueError as exc:
-            raise SanityError(f"not a network: {value!r}") from exc
+            raise UsageError(f"not a network: {value!r}") from exc
     return tuple(out)
 
 
-def write_rules(path: Path | str, text: str, *, mode: int = 0o644) -> bool:
+def write_rules(path: Path | str, text: str | bytes, *, mode: int = 0o644) -> bool:
     """Write ``text`` to ``path`` atomically; return False (and touch nothing) when the file already holds it.
 
     The text goes to a temporary file in the same folder, is flushed and fsynced, given ``mode``, then renamed over
@@ -115,7 +115,7 @@ def write_rules(path: Path | str, text: str, *, mode: int = 0o644) -> bool:
         TorSetsError: the folder cannot be written.
     """
     path = Path(path)
-    data = text.encode()
+    data = text.encode() if isinstance(text, str) else text
     try:
         if path.read_bytes() == data:
             return False

@@ -9,6 +9,7 @@ turns it into one line on stderr and an exit code::
     ├── DocumentError       the document is not a usable Onionoo details document (field, fingerprint)
     ├── SanityError         the data would make bad rules (empty set, shrink past a guard, too-wide network)
     ├── StaleDataError      the newest good data is older than the allowed age
+    ├── UsageError          options that contradict each other or name impossible values
     ├── RuleError           a rules file cannot be read, expanded or validated (path)
     ├── CaptureError        a capture file cannot be written or read
     └── EngineError         a rule engine failed (engine, return code, stderr tail)
@@ -32,6 +33,7 @@ __all__ = [
     "SanityError",
     "StaleDataError",
     "TorSetsError",
+    "UsageError",
 ]
 
 
@@ -77,6 +79,12 @@ class StaleDataError(TorSetsError):
     """The newest good relay data is older than the allowed maximum age."""
 
     exit_code = 7
+
+
+class UsageError(TorSetsError):
+    """Options that contradict each other or name impossible values (like a bad flag: exit 2)."""
+
+    exit_code = 2
 
 
 class RuleError(TorSetsError):

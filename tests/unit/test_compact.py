@@ -28,8 +28,10 @@ def expand(networks):
 def test_collapse_is_exact_and_matches_ipaddress(values):
     networks = collapse(values)
     assert expand(networks) == set(values)
-    reference = [*ipaddress.collapse_addresses(ipaddress.ip_network(a) for a in values if a.version == 4),
-                 *ipaddress.collapse_addresses(ipaddress.ip_network(a) for a in values if a.version == 6)]
+    reference = [
+        *ipaddress.collapse_addresses(ipaddress.ip_network(a) for a in values if a.version == 4),
+        *ipaddress.collapse_addresses(ipaddress.ip_network(a) for a in values if a.version == 6),
+    ]
     assert networks == reference
 
 

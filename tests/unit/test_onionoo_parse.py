@@ -16,14 +16,26 @@ from tor_sets.relays import Role, classify
 
 def doc(*relays: dict, version: str = "8.0", **top: object) -> str:
     return json.dumps(
-        {"version": version, "relays_published": "2026-02-28 01:00:00", "relays": list(relays),
-         "bridges_published": "2026-02-28 00:57:26", "bridges": [], **top}
+        {
+            "version": version,
+            "relays_published": "2026-02-28 01:00:00",
+            "relays": list(relays),
+            "bridges_published": "2026-02-28 00:57:26",
+            "bridges": [],
+            **top,
+        }
     )
 
 
 def relay(fp: str = "A" * 40, **fields: object) -> dict:
-    return {"fingerprint": fp, "nickname": "relay1", "or_addresses": ["185.220.101.1:9001"], "running": True,
-            "flags": ["Guard", "Running"], **fields}
+    return {
+        "fingerprint": fp,
+        "nickname": "relay1",
+        "or_addresses": ["185.220.101.1:9001"],
+        "running": True,
+        "flags": ["Guard", "Running"],
+        **fields,
+    }
 
 
 def test_full_schema_real_document(data_dir):
@@ -37,8 +49,10 @@ def test_full_schema_real_document(data_dir):
     assert f"{snap.relays_published:%Y-%m-%d %H:%M:%S}" == "2021-09-30 14:00:00"
 
 
-@pytest.mark.parametrize("name", ["details-running-fp-oraddr-country-2026-08-22T11.json.gz",
-                                  "details-running-guardprob-2026-08-22T15.json.gz"])
+@pytest.mark.parametrize(
+    "name",
+    ["details-running-fp-oraddr-country-2026-08-22T11.json.gz", "details-running-guardprob-2026-08-22T15.json.gz"],
+)
 def test_real_verbatim_answers_without_flags(data_dir, name):
     snap = read_snapshot(data_dir / "onionoo" / name)
     assert len(snap.relays) > 9000
@@ -82,14 +96,36 @@ def test_truncated_gzip_is_a_document_error():
 
 
 def test_one_bad_address_keeps_the_good_ones_and_is_counted():
-    snap = parse_document(doc(relay(or_addresses=["not-an-ip:1", "185.220.101.1:9001", "[2a01:4f8::1]:443",
-                                                  "10.0.0.1:9001", "0.0.0.0:1", "[::]:1", "224.0.0.1:9001",
-                                                  "127.0.0.1:9001", "[fe80::1]:9001", "1.2.3.4:0",
-                                                  "[2001:db8::1]:1"])))
+    snap = parse_document(
+        doc(
+            relay(
+                or_addresses=[
+                    "not-an-ip:1",
+                    "185.220.101.1:9001",
+                    "[2a01:4f8::1]:443",
+                    "10.0.0.1:9001",
+                    "0.0.0.0:1",
+                    "[::]:1",
+                    "224.0.0.1:9001",
+                    "127.0.0.1:9001",
+                    "[fe80::1]:9001",
+                    "1.2.3.4:0",
+                    "[2001:db8::1]:1",
+                ]
+            )
+        )
+    )
     (r,) = snap.relays
     assert [str(a) for a in r.or_addresses] == ["185.220.101.1", "2a01:4f8::1"]
-    assert snap.dropped == {"bad-address": 2, "private": 1, "unspecified": 2, "multicast": 1, "loopback": 1,
-                            "link-local": 1, "documentation": 1}
+    assert snap.dropped == {
+        "bad-address": 2,
+        "private": 1,
+        "unspecified": 2,
+        "multicast": 1,
+        "loopback": 1,
+        "link-local": 1,
+        "documentation": 1,
+    }
     assert snap.dropped_summary().startswith("dropped 9 entries: ")
 
 
@@ -108,10 +144,19 @@ def test_thousands_of_addresses_on_one_relay_are_capped():
 
 def test_hostile_text_never_reaches_the_rules():
     evil = "x\n- rule: pwned\n  condition: evt.type = open or fd.sip in (1.1.1.1)\n"
-    snap = parse_document(doc(relay(nickname=evil, contact=evil, platform=evil,
-                                    flags=["Guard", evil, "Exit"], country=evil, **{"as": evil}),
-                              relay("C" * 40, flags=["Exit"], or_addresses=["185.220.101.2:443"],
-                                    exit_addresses=[evil, "185.220.101.3", "185.220.101.4:80"])))
+    snap = parse_document(
+        doc(
+            relay(
+                nickname=evil, contact=evil, platform=evil, flags=["Guard", evil, "Exit"], country=evil, **{"as": evil}
+            ),
+            relay(
+                "C" * 40,
+                flags=["Exit"],
+                or_addresses=["185.220.101.2:443"],
+                exit_addresses=[evil, "185.220.101.3", "185.220.101.4:80"],
+            ),
+        )
+    )
     text = build(snap).text
     assert "pwned" not in text and "evt.type = open" not in text
     assert snap.relays[0].nickname == "" and snap.relays[0].country is None

@@ -80,8 +80,12 @@ def snapshot(*relays: Relay) -> Snapshot:
 
 
 def r(fp: str, *addresses: str, flags: tuple[str, ...] = ("Guard",), exits: tuple[str, ...] = ()) -> Relay:
-    return Relay(fp * 40, or_addresses=tuple(map(ipaddress.ip_address, addresses)), flags=frozenset(flags),
-                 exit_addresses=tuple(map(ipaddress.ip_address, exits)))
+    return Relay(
+        fp * 40,
+        or_addresses=tuple(map(ipaddress.ip_address, addresses)),
+        flags=frozenset(flags),
+        exit_addresses=tuple(map(ipaddress.ip_address, exits)),
+    )
 
 
 SMALL = snapshot(
@@ -115,8 +119,9 @@ def test_options_change_what_is_written():
     assert [a for a in exit_only if a.startswith("185.220.100.")] == [f"185.220.100.{i}" for i in range(8, 16)]
     v4_only = build(SMALL, BuildOptions(rules=RulesOptions(families=frozenset({4})))).text
     assert not [n for n in load(v4_only)[1] if "ipv6" in n] and "2a01" not in v4_only
-    outbound = build(SMALL, BuildOptions(rules=RulesOptions(rules=frozenset({"outbound"}),
-                                                            roles=frozenset({Role.ENTRY})))).text
+    outbound = build(
+        SMALL, BuildOptions(rules=RulesOptions(rules=frozenset({"outbound"}), roles=frozenset({Role.ENTRY})))
+    ).text
     _, lists, _, rules = load(outbound)
     assert list(rules) == [OUTBOUND_RULE] and "tor_entry_ipv4_addresses" in lists
     quiet = build(SMALL, BuildOptions(rules=RulesOptions(priority="notice", tags=("a", "b")))).text
@@ -150,9 +155,12 @@ def test_refuses_rules_that_cannot_fire():
     with pytest.raises(SanityError, match="no exit relay address"):
         build(snapshot(r("A", "185.220.101.1")))
     with pytest.raises(SanityError, match="185.220.1.0/24 is wider than /25"):
-        build(snapshot(*[r("A", f"185.220.1.{j}") for j in range(256)]),
-              BuildOptions(rules=RulesOptions(rules=frozenset({"outbound"}), roles=frozenset({Role.ENTRY}),
-                                              min_prefix_v4=25)))
+        build(
+            snapshot(*[r("A", f"185.220.1.{j}") for j in range(256)]),
+            BuildOptions(
+                rules=RulesOptions(rules=frozenset({"outbound"}), roles=frozenset({Role.ENTRY}), min_prefix_v4=25)
+            ),
+        )
 
 
 def test_header_names_provenance(bundled):

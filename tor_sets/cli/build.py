@@ -7,12 +7,13 @@ import ipaddress
 import logging
 import re
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
 from tor_sets.build import BuildOptions, Built, build, parse_networks, write_rules
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
-from tor_sets.errors import SanityError
+from tor_sets.errors import UsageError
 from tor_sets.falco.generate import DEFAULT_TAGS, RulesOptions
 from tor_sets.falco.model import PRIORITIES
 from tor_sets.onionoo import DEFAULT_URL, FetchSettings, Obtained, default_cache_dir, obtain
@@ -32,7 +33,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=float(match[1]) * unit)
 
 
-def _csv(choices: tuple[str, ...]) -> argparse._ActionType:  # type: ignore[name-defined]
+def _csv(choices: tuple[str, ...]) -> Callable[[str], frozenset[str]]:
     def parse(text: str) -> frozenset[str]:
         values = frozenset(v.strip().lower() for v in text.split(",") if v.strip())
         unknown = values - set(choices)
@@ -150,7 +151,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
             for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
             if ipaddress.ip_network(n).version == canary.version
         ):
-            raise SanityError(f"canary {canary} is not a documentation address (RFC 5737 / RFC 3849)")
+            raise UsageError(f"canary {canary} is not a documentation address (RFC 5737 / RFC 3849)")
     try:
         rules = RulesOptions(
             rules=frozenset(args.rules),
@@ -166,7 +167,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
         )
         rules.check()
     except ValueError as exc:
-        raise SanityError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc
     return BuildOptions(
         rules=rules,
         exclude=parse_networks(args.exclude),
@@ -220,6 +221,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default="falco",
         help="falco rules (default), a Kubernetes ConfigMap, Helm values, the plugin's table, or rules for the plugin",
     )
+    k8s = parser.add_argument_group("configmap / helm-values")
+    k8s.add_argument("--rules-filename", default="tor_rules.yaml", help="key of the rules file (default: %(default)s)")
+    k8s.add_argument("--configmap-name", default="tor-sets-rules", help="ConfigMap name (default: %(default)s)")
+    k8s.add_argument("--namespace", default="falco", help="ConfigMap namespace (default: %(default)s)")
     parser.set_defaults(func=run)
 
 
@@ -230,10 +235,12 @@ def render_format(built: Built, fmt: str, args: argparse.Namespace) -> str | byt
     if fmt in ("configmap", "helm-values"):
         from tor_sets import fleet
 
-        filename = Path(args.output).name if args.output != "-" and fmt == "configmap" else "tor_rules.yaml"
-        if fmt == "configmap":
-            return fleet.render_configmap(built.text)
-        return fleet.render_helm_values(built.text, filename=filename)
+        try:
+            return fleet.render(
+                fmt, built.text, filename=args.rules_filename, name=args.configmap_name, namespace=args.namespace
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
     from tor_sets import plugin
 
     if fmt == "plugin-table":

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from tor_sets.errors import RuleError
-from tor_sets.falco.model import FalcoList, Item, Macro, Rule, RulesFile
+from tor_sets.falco.model import FalcoList, Macro, Rule, RulesFile
 
 __all__ = ["render"]
 

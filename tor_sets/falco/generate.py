@@ -26,8 +26,8 @@ from tor_sets.relays import IPAddress, RelaySets, Role
 __all__ = [
     "DEFAULT_TAGS",
     "INBOUND_RULE",
-    "OUTBOUND_RULE",
     "OUTBOUND_RELAY_RULE",
+    "OUTBOUND_RULE",
     "RulesOptions",
     "generate",
     "role_macro",

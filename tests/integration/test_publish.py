@@ -1,0 +1,588 @@
+"""Publishing to a real OCI registry: Debian's ``docker-registry`` (CNCF distribution 2.8) on loopback.
+
+Each registry is the plain binary started on a free 127.0.0.1 port with a config file and filesystem storage in a
+temporary folder (never the package's systemd service), and stopped after the module. What is pushed is read back
+twice: with :func:`tor_sets.fleet.pull`, and with plain HTTP GETs of the registry API, as falcoctl would.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import json
+import random
+import re
+import shutil
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+import urllib.parse
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from tor_sets import fleet
+from tor_sets.fleet import RegistryError
+
+pytestmark = pytest.mark.integration
+
+BINARY = "docker-registry"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+PASSWORD = "correct-horse-battery-staple"
+
+
+# --- the registry ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registry:
+    host: str  # 127.0.0.1:PORT
+    log: Path
+
+    def api(self, path: str) -> str:
+        return f"http://{self.host}/v2/{path}"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _start(folder: Path, htpasswd: Path | None = None) -> tuple[Registry, subprocess.Popen[bytes]]:
+    binary = shutil.which(BINARY) or (f"/usr/bin/{BINARY}" if Path(f"/usr/bin/{BINARY}").exists() else None)
+    if binary is None:
+        pytest.skip(f"{BINARY} is not installed (Debian package docker-registry: apt-get install -y docker-registry)")
+    for _ in range(3):
+        port = _free_port()
+        config: dict[str, object] = {
+            "version": 0.1,
+            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "storage": {"filesystem": {"rootdirectory": str(folder / "storage")}, "delete": {"enabled": True}},
+            "http": {"addr": f"127.0.0.1:{port}", "secret": "tor-sets-test"},
+        }
+        if htpasswd is not None:
+            config["auth"] = {"htpasswd": {"realm": "tor-sets-test", "path": str(htpasswd)}}
+        config_path = folder / "config.yml"
+        config_path.write_text(yaml.safe_dump(config))
+        log = folder / "registry.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen([binary, "serve", str(config_path)], stdout=sink, stderr=subprocess.STDOUT)
+        registry = Registry(host=f"127.0.0.1:{port}", log=log)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if requests.get(registry.api(""), timeout=1).status_code in (200, 401):
+                    return registry, process
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.05)
+        _stop(process)  # the port was taken meanwhile, or the binary failed: try another port
+    pytest.fail(f"{BINARY} did not answer on loopback; its log: {log.read_text(errors='replace')[-500:]}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    started, process = _start(tmp_path_factory.mktemp("registry"))
+    try:
+        yield started
+    finally:
+        _stop(process)
+
+
+def _bcrypt(password: str) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the crypt module is deprecated, and gone in 3.13
+        try:
+            import crypt
+        except ImportError:
+            pytest.skip("no crypt module in this Python to write an htpasswd file")
+    if crypt.METHOD_BLOWFISH not in crypt.methods:
+        pytest.skip("this libc's crypt() has no bcrypt, which the registry's htpasswd needs")
+    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))  # cost 4: fast tests
+
+
+@pytest.fixture(scope="module")
+def private_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    folder = tmp_path_factory.mktemp("private-registry")
+    htpasswd = folder / "htpasswd"
+    htpasswd.write_text(f"alice:{_bcrypt(PASSWORD)}\n")
+    started, process = _start(folder, htpasswd)
+    try:
+        yield started
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(autouse=True)
+def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Neither the machine's Docker login nor the caller's variables may leak into a test."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "no-docker-config"))
+    monkeypatch.delenv("TOR_SETS_REGISTRY_USERNAME", raising=False)
+    monkeypatch.delenv("TOR_SETS_REGISTRY_PASSWORD", raising=False)
+
+
+# --- rules files ---------------------------------------------------------------------------------------------
+
+
+def rules_text(published: str = "2026-02-28 01:00:00", seed: int = 1) -> str:
+    """A generated-looking rules file, about 2,500 lines."""
+    rng = random.Random(seed)
+    v4 = sorted(
+        {
+            f"{rng.randint(1, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+            for _ in range(1800)
+        }
+    )
+    v6 = sorted({f"2a0{rng.randint(0, 9)}:{rng.randint(0, 65535):x}::{rng.randint(1, 65535):x}" for _ in range(700)})
+    lines = [
+        "# Tor relay rules for Falco, generated by tor-sets; do not edit (regenerate with `tor-sets build`).",
+        "# tor-sets 0.1.0",
+        "# source: https://onionoo.torproject.org/details?type=relay&running=true",
+        f"# relays_published: {published} UTC",
+        "",
+        "- required_engine_version: 0.31.0",
+        "",
+        "- list: tor_sets_exit_ipv4",
+        "  items:",
+        *(f"    - '\"{a}\"'" for a in v4),
+        "",
+        "- list: tor_sets_exit_ipv6",
+        "  items:",
+        *(f'    - "{a}"' for a in v6),
+        "",
+        "- rule: Outbound connection to a Tor exit relay",
+        '  desc: "A process connected to a Tor exit relay: see T1090.003"',
+        "  condition: evt.type = connect and evt.rawres >= 0 and fd.sip in (tor_sets_exit_ipv4, tor_sets_exit_ipv6)",
+        "  output: Tor exit | connection=%fd.name process=%proc.name command=%proc.cmdline",
+        "  priority: WARNING",
+        "  tags: [network, mitre_command_and_control, T1090.003, TA0011]",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@pytest.fixture
+def rules_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tor_rules.yaml"
+    path.write_text(rules_text())
+    return path
+
+
+def _annotations(path: Path) -> dict[str, str]:
+    header = fleet.read_header(path.read_text())
+    return fleet.default_annotations(header, filename=path.name, tool_version="0.1.0")
+
+
+def _publish(registry: Registry, path: Path, repository: str, **options: object) -> fleet.PublishResult:
+    extra = ["2026-02-28T0100"]
+    return fleet.publish(
+        f"oci://{registry.host}/{repository}:latest",
+        path,
+        engine_version=None,
+        annotations=_annotations(path),
+        extra_tags=extra,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+# --- publish and read back -----------------------------------------------------------------------------------
+
+
+def test_publish_then_pull(registry: Registry, rules_file: Path) -> None:
+    started = time.monotonic()
+    result = _publish(registry, rules_file, "security/tor-rules")
+    elapsed = time.monotonic() - started
+    assert result.ref == f"{registry.host}/security/tor-rules:latest"
+    assert result.tags == ("latest", "2026-02-28T0100")
+    assert result.digest.startswith("sha256:") and len(result.digest) == 71
+    assert elapsed < 10, f"push took {elapsed:.1f} s"
+
+    for reference in ("latest", "2026-02-28T0100", result.digest):
+        separator = "@" if reference.startswith("sha256:") else ":"
+        pulled = fleet.pull(f"oci://{registry.host}/security/tor-rules{separator}{reference}")
+        assert pulled.rules_bytes == rules_file.read_bytes()
+        assert pulled.filename == "tor_rules.yaml"
+        assert pulled.digest == result.digest
+        assert pulled.config == {
+            "name": "tor-rules",
+            "requirements": [{"name": "engine_version_semver", "version": "0.31.0"}],
+        }
+        assert pulled.manifest["annotations"]["org.opencontainers.image.created"] == "2026-02-28T01:00:00Z"
+
+
+def test_registry_api_serves_falcoctl_layout(registry: Registry, rules_file: Path) -> None:
+    result = _publish(registry, rules_file, "api/tor-rules")
+    bodies = {}
+    for reference in ("latest", "2026-02-28T0100"):
+        response = requests.get(registry.api(f"api/tor-rules/manifests/{reference}"), headers={"Accept": OCI_MANIFEST})
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == OCI_MANIFEST
+        assert response.headers["Docker-Content-Digest"] == result.digest
+        assert "sha256:" + hashlib.sha256(response.content).hexdigest() == result.digest
+        bodies[reference] = response.content
+    assert bodies["latest"] == bodies["2026-02-28T0100"]
+
+    manifest = json.loads(bodies["latest"])
+    assert manifest["schemaVersion"] == 2
+    assert manifest["mediaType"] == OCI_MANIFEST
+    assert manifest["config"]["mediaType"] == "application/vnd.cncf.falco.rulesfile.config.v1+json"
+    (layer,) = manifest["layers"]
+    assert layer["mediaType"] == "application/vnd.cncf.falco.rulesfile.layer.v1+tar.gz"
+    assert layer["annotations"] == {"org.opencontainers.image.title": "tor_rules.tar.gz"}
+    assert manifest["annotations"] == {
+        "org.opencontainers.image.created": "2026-02-28T01:00:00Z",
+        "org.opencontainers.image.source": "https://onionoo.torproject.org/details?type=relay&running=true",
+        "org.opencontainers.image.title": "tor_rules.yaml",
+        "org.opencontainers.image.version": "2026-02-28T0100",
+        "tor-sets.data_source": "https://onionoo.torproject.org/details?type=relay&running=true",
+        "tor-sets.relays_published": "2026-02-28T01:00:00Z",
+        "tor-sets.version": "0.1.0",
+    }
+
+    config = requests.get(registry.api(f"api/tor-rules/blobs/{manifest['config']['digest']}"))
+    assert config.status_code == 200 and len(config.content) == manifest["config"]["size"]
+    assert json.loads(config.content)["requirements"] == [{"name": "engine_version_semver", "version": "0.31.0"}]
+
+    blob = requests.get(registry.api(f"api/tor-rules/blobs/{layer['digest']}"))
+    assert blob.status_code == 200 and len(blob.content) == layer["size"]
+    assert "sha256:" + hashlib.sha256(blob.content).hexdigest() == layer["digest"]
+    assert blob.content[4:8] == b"\0\0\0\0"  # gzip mtime 0
+    with tarfile.open(fileobj=io.BytesIO(blob.content), mode="r:gz") as tar:
+        (member,) = tar.getmembers()
+        assert member.name == "tor_rules.yaml" and member.isfile() and member.mode == 0o644
+        extracted = tar.extractfile(member)
+        assert extracted is not None and extracted.read() == rules_file.read_bytes()
+    assert gzip.decompress(blob.content).count(b"tor_rules.yaml") == 1
+
+    tags = requests.get(registry.api("api/tor-rules/tags/list")).json()["tags"]
+    assert sorted(tags) == ["2026-02-28T0100", "latest"]
+
+
+def test_same_rules_same_digest_and_old_dates_stay_reachable(registry: Registry, tmp_path: Path) -> None:
+    first = tmp_path / "a" / "tor_rules.yaml"
+    first.parent.mkdir()
+    first.write_text(rules_text())
+    digest = _publish(registry, first, "repeat/tor-rules").digest
+    assert _publish(registry, first, "repeat/tor-rules").digest == digest
+
+    copy = tmp_path / "b" / "tor_rules.yaml"  # same bytes, another path and mtime
+    copy.parent.mkdir()
+    time.sleep(0.01)
+    copy.write_bytes(first.read_bytes())
+    assert _publish(registry, copy, "repeat/tor-rules").digest == digest
+
+    newer = tmp_path / "c" / "tor_rules.yaml"
+    newer.parent.mkdir()
+    newer.write_text(rules_text(published="2026-02-28 02:00:00", seed=2))
+    header = fleet.read_header(newer.read_text())
+    assert header.relays_published is not None
+    moved = fleet.publish(
+        f"{registry.host}/repeat/tor-rules",
+        newer,
+        engine_version="26",
+        annotations=_annotations(newer),
+        extra_tags=[fleet.date_tag(header.relays_published)],
+    )
+    assert moved.digest != digest and moved.tags == ("latest", "2026-02-28T0200")
+    assert fleet.pull(f"{registry.host}/repeat/tor-rules:latest").rules_bytes == newer.read_bytes()
+    rollback = fleet.pull(f"{registry.host}/repeat/tor-rules:2026-02-28T0100")
+    assert rollback.rules_bytes == first.read_bytes() and rollback.digest == digest
+    latest = fleet.pull(f"{registry.host}/repeat/tor-rules:2026-02-28T0200")
+    assert latest.config["requirements"] == [{"name": "engine_version_semver", "version": "0.26.0"}]
+
+
+def test_pull_refuses_what_is_not_a_rulesfile(registry: Registry) -> None:
+    config = b"{}"
+    layer = b"not a tarball"
+    for blob in (config, layer):
+        digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+        upload = requests.post(registry.api("other/thing/blobs/uploads/"))
+        location = upload.headers["Location"]
+        separator = "&" if "?" in location else "?"
+        url = location if location.startswith("http") else f"http://{registry.host}{location}"
+        assert requests.put(f"{url}{separator}digest={digest}", data=blob).status_code == 201
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": _sha(config), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": _sha(layer), "size": 13}],
+    }
+    response = requests.put(
+        registry.api("other/thing/manifests/v1"), data=json.dumps(manifest), headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert response.status_code == 201
+    with pytest.raises(RegistryError, match="is not a falcoctl rulesfile artifact"):
+        fleet.pull(f"{registry.host}/other/thing:v1")
+    with pytest.raises(RegistryError, match="has no manifest") as caught:
+        fleet.pull(f"{registry.host}/other/thing:missing")
+    assert "MANIFEST_UNKNOWN" in str(caught.value)
+
+
+def _sha(blob: bytes) -> str:
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+# --- failures that must read as one clear line ---------------------------------------------------------------
+
+
+def test_wrong_port_is_one_clear_line(rules_file: Path) -> None:
+    port = _free_port()  # nobody listens there
+    started = time.monotonic()
+    with pytest.raises(RegistryError) as caught:
+        fleet.publish(f"oci://127.0.0.1:{port}/tor-rules:latest", rules_file, engine_version=None, annotations={})
+    message = str(caught.value)
+    assert message == f"cannot reach registry 127.0.0.1:{port} over http: Connection refused"
+    assert time.monotonic() - started < 5  # no retries with back-off
+
+
+def test_https_to_a_plain_http_registry_is_one_clear_line(registry: Registry, rules_file: Path) -> None:
+    with pytest.raises(
+        RegistryError,
+        match=rf"^TLS with registry {registry.host} failed \(wrong version number\); a plain-HTTP registry",
+    ) as caught:
+        _publish(registry, rules_file, "tls/tor-rules", plain_http=False)
+    assert "\n" not in str(caught.value)
+
+
+def test_plain_http_to_a_remote_registry_is_refused(rules_file: Path) -> None:
+    with pytest.raises(RegistryError, match="plain HTTP is allowed only for a loopback registry"):
+        fleet.publish(
+            "oci://registry.example.com/security/tor-rules:latest",
+            rules_file,
+            engine_version=None,
+            annotations={},
+            plain_http=True,
+        )
+
+
+# --- credentials ---------------------------------------------------------------------------------------------
+
+
+def test_private_registry_without_credentials(private_registry: Registry, rules_file: Path) -> None:
+    with pytest.raises(RegistryError, match="needs credentials: set TOR_SETS_REGISTRY_USERNAME"):
+        _publish(private_registry, rules_file, "private/tor-rules")
+
+
+def test_private_registry_with_environment_credentials(
+    private_registry: Registry, rules_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOR_SETS_REGISTRY_USERNAME", "alice")
+    monkeypatch.setenv("TOR_SETS_REGISTRY_PASSWORD", PASSWORD)
+    result = _publish(private_registry, rules_file, "private/tor-rules")
+    assert fleet.pull(f"{private_registry.host}/private/tor-rules:latest").digest == result.digest
+    anonymous = requests.get(private_registry.api("private/tor-rules/manifests/latest"))
+    assert anonymous.status_code == 401
+
+
+def test_private_registry_with_docker_config(
+    private_registry: Registry, rules_file: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    folder = tmp_path / "docker"
+    folder.mkdir()
+    token = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+    (folder / "config.json").write_text(json.dumps({"auths": {private_registry.host: {"auth": token}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(folder))
+    assert _publish(private_registry, rules_file, "docker-config/tor-rules").tags == ("latest", "2026-02-28T0100")
+
+
+def test_wrong_password_is_reported_without_it(
+    private_registry: Registry,
+    rules_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    wrong = "wrong-password-do-not-print"
+    monkeypatch.setenv("TOR_SETS_REGISTRY_USERNAME", "alice")
+    monkeypatch.setenv("TOR_SETS_REGISTRY_PASSWORD", wrong)
+    with pytest.raises(RegistryError, match=f"registry {private_registry.host} rejected the credentials") as caught:
+        _publish(private_registry, rules_file, "private/tor-rules")
+    captured = capfd.readouterr()
+    for text in (str(caught.value), repr(caught.value), captured.out, captured.err):
+        assert wrong not in text and PASSWORD not in text
+
+
+# --- the command line ----------------------------------------------------------------------------------------
+
+
+def _main(argv: list[str]) -> int:
+    from tor_sets.cli import main
+
+    return main(argv)
+
+
+def test_cli_publish(registry: Registry, rules_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _main(
+        [
+            "publish",
+            f"oci://{registry.host}/cli/tor-rules:latest",
+            "--rules",
+            str(rules_file),
+            "--tag",
+            "stable",
+            "--annotation",
+            "org.opencontainers.image.source=https://git.example.com/tor-sets",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    printed = yaml.safe_load(captured.out)
+    assert printed["ref"] == f"{registry.host}/cli/tor-rules:latest"
+    assert printed["tags"] == ["latest", "stable", "2026-02-28T0100"]
+    pulled = fleet.pull(f"{registry.host}/cli/tor-rules:stable")
+    assert pulled.digest == printed["digest"]
+    assert pulled.manifest["annotations"]["org.opencontainers.image.source"] == "https://git.example.com/tor-sets"
+    assert pulled.rules_bytes == rules_file.read_bytes()
+
+
+def test_cli_publish_without_date_tag(registry: Registry, rules_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _main(["publish", f"{registry.host}/cli/undated", "--rules", str(rules_file), "--no-date-tag"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["tags"] == ["latest"]
+
+
+@pytest.mark.parametrize(
+    ("ref", "flags", "expected"),
+    [
+        ("oci://127.0.0.1:{closed}/tor-rules:latest", [], "cannot reach registry 127.0.0.1:{closed} over http"),
+        ("oci://registry.example.com/tor-rules:latest", ["--plain-http"], "plain HTTP is allowed only for a loopback"),
+        ("oci://tor-rules:latest", [], "needs a registry host"),
+    ],
+)
+def test_cli_errors_are_one_line(
+    rules_file: Path, capsys: pytest.CaptureFixture[str], ref: str, flags: list[str], expected: str
+) -> None:
+    closed = str(_free_port())
+    code = _main(["publish", ref.format(closed=closed), "--rules", str(rules_file), *flags])
+    captured = capsys.readouterr()
+    assert code == 3
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tor-sets: error: ")
+    assert expected.format(closed=closed) in lines[0]
+
+
+def test_cli_missing_rules_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = _main(["publish", "oci://127.0.0.1:1/tor-rules", "--rules", str(tmp_path / "none.yaml")])
+    assert code == 6
+    assert capsys.readouterr().err.startswith("tor-sets: error: cannot read rules file")
+
+
+# --- bearer tokens, as most hosted registries hand them out ----------------------------------------------------
+
+
+class _TokenGate(BaseHTTPRequestHandler):
+    """Token auth in front of the real registry: ``/token`` trades Basic credentials for a scoped bearer token,
+    reads need a ``pull`` token, writes a ``push`` one (so the client must come back for a wider token)."""
+
+    upstream = ""
+    issued: list[str] = []  # noqa: RUF012 - shared on purpose: the test reads which scopes were asked for
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _challenge(self, scope: str) -> None:
+        host = self.headers["Host"]
+        realm = f'Bearer realm="http://{host}/token",service="tor-sets-test",scope="{scope}"'
+        self.send_response(401)
+        self.send_header("Www-Authenticate", realm)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _token(self) -> None:
+        scope = re.search(r"scope=([^&]+)", self.path)
+        wanted = f"Basic {base64.b64encode(f'alice:{PASSWORD}'.encode()).decode()}"
+        if self.headers.get("Authorization") != wanted or scope is None:
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        granted = urllib.parse.unquote(scope[1])
+        self.issued.append(granted)
+        body = json.dumps({"token": "tok:" + granted}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _relay(self) -> None:
+        if self.path.startswith("/token"):
+            self._token()
+            return
+        match = re.match(r"/v2/(.+?)/(manifests|blobs|tags)/", self.path)
+        repository = match[1] if match else ""
+        needed = "pull" if self.command in ("GET", "HEAD") else "pull,push"
+        token = self.headers.get("Authorization", "").removeprefix("Bearer tok:")
+        if self.path != "/v2/" and not token.endswith(f"repository:{repository}:{needed}"):
+            self._challenge(f"repository:{repository}:{needed}")
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        forwarded = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization")}
+        answer = requests.request(
+            self.command, self.upstream + self.path, data=body, headers=forwarded, allow_redirects=False
+        )
+        self.send_response(answer.status_code)
+        for key, value in answer.headers.items():
+            if key.lower() in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                continue
+            if key.lower() == "location":
+                value = value.replace(self.upstream, f"http://{self.headers['Host']}")
+            self.send_header(key, value)
+        content = answer.content if self.command != "HEAD" else b""
+        self.send_header("Content-Length", str(len(answer.content) if self.command != "HEAD" else 0))
+        self.end_headers()
+        self.wfile.write(content)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _relay
+
+
+@pytest.fixture(scope="module")
+def token_registry(registry: Registry) -> Iterator[tuple[Registry, list[str]]]:
+    issued: list[str] = []
+    handler = type("Gate", (_TokenGate,), {"upstream": f"http://{registry.host}", "issued": issued})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Registry(host=f"127.0.0.1:{server.server_address[1]}", log=registry.log), issued
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_bearer_token_registry(
+    token_registry: tuple[Registry, list[str]], rules_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, issued = token_registry
+    with pytest.raises(RegistryError, match="needs credentials that were not accepted or not given"):
+        _publish(gate, rules_file, "token/tor-rules")
+    monkeypatch.setenv("TOR_SETS_REGISTRY_USERNAME", "alice")
+    monkeypatch.setenv("TOR_SETS_REGISTRY_PASSWORD", PASSWORD)
+    result = _publish(gate, rules_file, "token/tor-rules")
+    assert "repository:token/tor-rules:pull" in issued  # first the read (does the blob exist?) ...
+    assert "repository:token/tor-rules:pull,push" in issued  # ... then a wider token for the upload
+    pulled = fleet.pull(f"{gate.host}/token/tor-rules:2026-02-28T0100")
+    assert pulled.digest == result.digest and pulled.rules_bytes == rules_file.read_bytes()

@@ -1,0 +1,232 @@
+"""Replay labelled connections through real engines and say which rule fired for what.
+
+Exports :class:`RuleVerdict`, :class:`Verdict`, :func:`rule_expectation` and :func:`verify` (a scenario, a rules
+file and an engine in, a :class:`Verdict` value out: ``.ok``, and for every rule the expected, fired, missed and
+false-alarm connections). A failed verification is a value, not an exception; engine failures raise.
+
+Sysdig engines take a filter, not a rules file: each rule's condition is expanded by
+:mod:`tor_sets.falco.load` and replayed on its own. The Falco container takes the rules file as it is, with
+``rule_matching=all``, and its alerts are matched to connections by event timestamp.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tor_sets.engines import Engine
+from tor_sets.engines.falco import FalcoDocker
+from tor_sets.falco.generate import OUTBOUND_RELAY_RULE
+from tor_sets.falco.load import LoadedRule, RuleSet
+from tor_sets.relays import Role
+from tor_sets.scenarios import Expectation, Labelled, Scenario, write_scenario
+
+__all__ = ["RuleVerdict", "Verdict", "rule_expectation", "verify"]
+
+_FIELDS = ("evt.type", "fd.cip", "fd.sip", "fd.cport", "fd.sport", "proc.name", "evt.res")
+_SHOWN = 10
+
+
+def rule_expectation(rule: LoadedRule) -> Expectation | None:
+    """Which kind of connection a rule is meant to alert on, read from its expanded condition.
+
+    A rule on ``connect`` watches outbound connections, one on ``accept``/``accept4`` inbound ones.
+    """
+    text = rule.expanded
+    if re.search(r"\baccept4?\b", text):
+        return Expectation.INBOUND
+    if re.search(r"\bconnect\b", text):
+        return Expectation.OUTBOUND
+    return None
+
+
+def outbound_role(rules: RuleSet) -> Role:
+    """What the file's outbound rule watches: every relay for tor-sets' relay rule, else entry relays."""
+    return Role.RELAY if OUTBOUND_RELAY_RULE in rules.rules else Role.ENTRY
+
+
+@dataclass(frozen=True, slots=True)
+class RuleVerdict:
+    """How one rule did on one engine."""
+
+    engine: str
+    rule: str
+    expectation: str | None
+    expected: int
+    fired: int
+    missed: tuple[str, ...] = ()
+    false_alarms: tuple[str, ...] = ()
+    problem: str | None = None  # why the rule could not be checked (unexpandable condition ...)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missed and not self.false_alarms and self.problem is None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "engine": self.engine,
+            "rule": self.rule,
+            "expectation": self.expectation,
+            "expected": self.expected,
+            "fired": self.fired,
+            "missed": len(self.missed),
+            "false_alarms": len(self.false_alarms),
+            "missed_examples": list(self.missed[:_SHOWN]),
+            "false_alarm_examples": list(self.false_alarms[:_SHOWN]),
+            "problem": self.problem,
+            "ok": self.ok,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Every rule's verdict on one engine, plus what was replayed."""
+
+    engine: str
+    engine_version: str
+    rules: tuple[RuleVerdict, ...]
+    connections: int
+    positives: int
+    wall_s: float
+    uncovered: tuple[str, ...] = field(default=())  # expectations no rule of the file watches
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rules) and all(r.ok for r in self.rules) and not self.uncovered
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "engine": self.engine,
+            "engine_version": self.engine_version,
+            "connections": self.connections,
+            "positives": self.positives,
+            "wall_s": round(self.wall_s, 3),
+            "uncovered": list(self.uncovered),
+            "rules": [r.to_json() for r in self.rules],
+            "ok": self.ok,
+        }
+
+
+def _judge(
+    engine: str, fired: dict[str, set[int]], rules: Sequence[LoadedRule], scenario: Scenario, by_ts: dict[int, Labelled]
+) -> list[RuleVerdict]:
+    """Verdicts for every rule. A connection counts as missed when no rule of its kind fired on it, so files that
+    split one kind over several rules (per family, like the 2022 tool's) are judged as a whole."""
+
+    def describe(ts: int) -> str:
+        lab = by_ts.get(ts)
+        return lab.describe() if lab else f"an event at {ts} that is no labelled connection"
+
+    kinds = {rule.name: rule_expectation(rule) for rule in rules}
+    union: dict[Expectation, set[int]] = {}
+    for rule in rules:
+        kind = kinds[rule.name]
+        if kind is not None:
+            union.setdefault(kind, set()).update(fired[rule.name])
+    out = []
+    for rule in rules:
+        kind = kinds[rule.name]
+        expected = scenario.expected(kind) if kind else frozenset()
+        missed = sorted(expected - union.get(kind, set())) if kind else []
+        false = sorted(fired[rule.name] - expected)
+        out.append(
+            RuleVerdict(
+                engine=engine,
+                rule=rule.name,
+                expectation=kind.value if kind else None,
+                expected=len(expected),
+                fired=len(fired[rule.name]),
+                missed=tuple(describe(ts) for ts in missed),
+                false_alarms=tuple(describe(ts) for ts in false),
+            )
+        )
+    return out
+
+
+def verify(
+    rules: RuleSet,
+    rules_path: Path,
+    scenario: Scenario,
+    engine: Engine,
+    *,
+    workdir: Path | None = None,
+    timeout: float = 600,
+    expect: Sequence[Expectation] = (),
+) -> Verdict:
+    """Replay ``scenario`` through ``engine`` and judge every enabled syscall rule of ``rules``.
+
+    Args:
+        rules: the loaded rules file (conditions expanded).
+        rules_path: the same file on disk (the Falco container loads it as it is).
+        scenario: labelled connections (:func:`tor_sets.scenarios.make_scenario`).
+        engine: a real engine (:mod:`tor_sets.engines`).
+        workdir: where to write the capture (a temporary folder by default).
+        expect: kinds of connection some rule must watch (a file without such a rule fails).
+
+    Raises:
+        EngineError: the engine failed (not: the rules missed something, which the verdict reports).
+    """
+    by_ts = scenario.by_ts()
+    checked = [r for r in rules.rules.values() if r.enabled and r.source == "syscall"]
+    verdicts: list[RuleVerdict] = []
+    wall = 0.0
+    with tempfile.TemporaryDirectory(prefix="tor-sets-verify-", dir=workdir) as tmp:
+        capture = Path(tmp) / "scenario.scap"
+        write_scenario(scenario, capture)
+        fired: dict[str, set[int]] = {}
+        if isinstance(engine, FalcoDocker):
+            alerts = engine.alerts(capture, rules_path, timeout=timeout)
+            for rule in checked:
+                fired[rule.name] = {a.ts_ns for a in alerts if a.rule == rule.name}
+        else:
+            for rule in [r for r in checked if not r.complete]:
+                verdicts.append(
+                    RuleVerdict(
+                        engine.name, rule.name, None, 0, 0, problem=f"cannot expand: {', '.join(rule.unresolved)}"
+                    )
+                )
+            checked = [r for r in checked if r.complete]
+            for rule in checked:
+                run = engine.filter(capture, rule.expanded, _FIELDS, timeout=timeout)
+                wall += run.wall_s
+                fired[rule.name] = {m.ts_ns for m in run.matches}
+        verdicts.extend(_judge(engine.name, fired, checked, scenario, by_ts))
+    watched = {v.expectation for v in verdicts}
+    uncovered = tuple(f"no rule watches {kind.value} connections" for kind in expect if kind.value not in watched)
+    counts = scenario.counts()
+    return Verdict(
+        engine=engine.name,
+        engine_version=engine.version(),
+        rules=tuple(verdicts),
+        connections=counts["connections"],
+        positives=counts["positive"],
+        wall_s=wall,
+        uncovered=uncovered,
+    )
+
+
+def format_table(verdicts: Sequence[Verdict]) -> str:
+    """A table for people: one row per engine and rule, then the first missed connections."""
+    header = f"{'engine':<21} {'rule':<54} {'expected':>8} {'fired':>6} {'missed':>6} {'false':>6}  result"
+    lines = [header, "-" * len(header)]
+    notes: list[str] = []
+    for verdict in verdicts:
+        for r in verdict.rules:
+            result = "ok" if r.ok else ("CANNOT CHECK" if r.problem else "FAIL")
+            lines.append(
+                f"{verdict.engine:<21} {r.rule[:54]:<54} {r.expected:>8} {r.fired:>6} "
+                f"{len(r.missed):>6} {len(r.false_alarms):>6}  {result}"
+            )
+            if r.problem:
+                notes.append(f"{verdict.engine} / {r.rule}: {r.problem}")
+            notes.extend(f"{verdict.engine} / {r.rule}: missed {m}" for m in r.missed[:_SHOWN])
+            notes.extend(f"{verdict.engine} / {r.rule}: false alarm on {m}" for m in r.false_alarms[:_SHOWN])
+        notes.extend(f"{verdict.engine}: {u}" for u in verdict.uncovered)
+    summary = "\n".join(
+        f"{v.engine} {v.engine_version}: {v.connections} connections ({v.positives} Tor), {'PASS' if v.ok else 'FAIL'}"
+        for v in verdicts
+    )
+    return "\n".join([*lines, "", *notes, *([""] if notes else []), summary]) + "\n"
