@@ -99,12 +99,15 @@ class Run:
         wall_s: wall-clock seconds of the engine process (staging excluded; container start included).
         max_rss_kb: peak resident set size of the engine process in KiB (0 when unknown).
         stderr_tail: the last few thousand characters the engine wrote to stderr.
+        cpu_s: user + system CPU seconds of the engine process (steadier than wall time on a busy machine;
+            for a Docker engine it is only the client's).
     """
 
     matches: tuple[Match, ...]
     wall_s: float
     max_rss_kb: int
     stderr_tail: str = ""
+    cpu_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,7 @@ class Completed:
     stderr: str
     wall_s: float
     max_rss_kb: int
+    cpu_s: float = 0.0
 
     @property
     def stderr_tail(self) -> str:
@@ -143,7 +147,8 @@ if pid == 0:
     os._exit(127)
 _, status, usage = os.wait4(pid, 0)
 wall = time.monotonic_ns() - start
-os.write(report, b"done %d %d %d\\n" % (os.waitstatus_to_exitcode(status), usage.ru_maxrss, wall))
+cpu = int((usage.ru_utime + usage.ru_stime) * 1e9)
+os.write(report, b"done %d %d %d %d\\n" % (os.waitstatus_to_exitcode(status), usage.ru_maxrss, wall, cpu))
 """
 
 
@@ -216,15 +221,15 @@ def run_process(
     if lines[:1] == ["exec-error"]:
         reason = os.strerror(int(lines[1]))
         raise EngineUnavailable(f"{engine}: cannot run {argv[0]}: {reason}", engine=engine)
-    if lines[:1] != ["done"] or len(lines) != 4:
+    if lines[:1] != ["done"] or len(lines) != 5:
         raise EngineError(
             f"{engine}: the engine runner ended without a report (exit {proc.returncode})",
             engine=engine,
             returncode=proc.returncode,
             stderr=stderr[-STDERR_TAIL_CHARS:],
         )
-    returncode, max_rss_kb, wall_ns = (int(x) for x in lines[1:])
-    return Completed(tuple(argv), returncode, stdout, stderr, wall_ns / 1e9, max_rss_kb)
+    returncode, max_rss_kb, wall_ns, cpu_ns = (int(x) for x in lines[1:])
+    return Completed(tuple(argv), returncode, stdout, stderr, wall_ns / 1e9, max_rss_kb, cpu_ns / 1e9)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -454,7 +459,7 @@ class SysdigEngine(Engine):
             done = self._run_chisel(ws, self._capture_path(capture, ws), "filter", fields, condition, timeout)
         matches, vmhwm_kb = parse_chisel_output(done.stdout, fields, engine=self.name)
         rss = done.max_rss_kb if self.rss_from_child or vmhwm_kb < 0 else vmhwm_kb
-        return Run(matches, done.wall_s, rss, done.stderr_tail)
+        return Run(matches, done.wall_s, rss, done.stderr_tail, done.cpu_s)
 
     def compile(self, condition: str, *, timeout: float = 60) -> None:
         """Load ``condition`` in the chisel's ``on_init`` and exit before reading events."""

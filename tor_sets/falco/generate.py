@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tor_sets.compact import DEFAULT_EXPAND_BELOW, Compacted, check_width, split
+from tor_sets.compact import DEFAULT_EXPAND_BELOW, Compacted, aggregate_lossy, check_width, collapse, split
 from tor_sets.errors import SanityError
 from tor_sets.falco.model import PRIORITIES, FalcoList, Item, Macro, Profile, Rule, RulesFile, profile_for
 from tor_sets.relays import IPAddress, RelaySets, Role
@@ -62,6 +62,10 @@ class RulesOptions:
         expand_below: networks with fewer addresses are written as addresses.
         list_names: ``tor-sets`` (deduplicated cells) or ``2022`` (the 2022 tool's names, one list per role).
         min_prefix_v4, min_prefix_v6: refuse networks wider than these.
+        networks_only: write every address as a network (``/32``, ``/128``) in network lists: the smallest
+            exact file, and the slowest on current engines (measured in docs/benchmarks.md; for comparison only).
+        lossy_budget: opt in to lossy aggregation: nearby addresses merged into covering prefixes while the
+            addresses added (false positives) stay within this many per list.
     """
 
     rules: frozenset[str] = frozenset({"inbound", "outbound"})
@@ -74,6 +78,8 @@ class RulesOptions:
     list_names: Literal["tor-sets", "2022"] = "tor-sets"
     min_prefix_v4: int = 16
     min_prefix_v6: int = 32
+    networks_only: bool = False
+    lossy_budget: int | None = None
     header: tuple[str, ...] = field(default=())
 
     @property
@@ -151,7 +157,12 @@ def _cell_name(roles: frozenset[Role], watched: Sequence[Role], options: RulesOp
 
 
 def _compact(addresses: list[IPAddress], options: RulesOptions) -> Compacted:
-    compacted = split(addresses, expand_below=options.expand_below)
+    if options.networks_only:
+        compacted = Compacted((), tuple(collapse(addresses)))
+    elif options.lossy_budget is not None:
+        compacted, _ = aggregate_lossy(addresses, budget=options.lossy_budget)
+    else:
+        compacted = split(addresses, expand_below=options.expand_below)
     check_width(compacted.networks, min_prefix_v4=options.min_prefix_v4, min_prefix_v6=options.min_prefix_v6)
     if options.profile.ipv6_networks or not any(n.version == 6 for n in compacted.networks):
         return compacted
@@ -206,10 +217,15 @@ def generate(sets: RelaySets, options: RulesOptions | None = None) -> RulesFile:
     for role in wanted_roles:
         items.append(Macro(role_macro(role), _role_condition(role, cells, lists_of, options)))
     items.extend(_rules(options))
+    if options.networks_only:
+        encoding = "every address written as a network"
+    elif options.lossy_budget is not None:
+        encoding = f"LOSSY aggregation, up to {options.lossy_budget} non-relay addresses added per list"
+    else:
+        encoding = f"networks below {options.expand_below} addresses written as addresses"
     header = (
         *options.header,
-        f"profile: {options.profile.name} (Falco >= {options.profile.falco_version}); "
-        f"networks below {options.expand_below} addresses written as addresses",
+        f"profile: {options.profile.name} (Falco >= {options.profile.falco_version}); {encoding}",
     )
     return RulesFile(header=header, required_engine_version=options.profile.required_engine_version, items=tuple(items))
 

@@ -1,0 +1,475 @@
+"""What a Tor list costs a Falco engine: rule size, load time, memory and per-event cost, per encoding.
+
+Exports :class:`Encoding`, :func:`encodings`, :class:`Measurement`, :class:`BenchResult`, :func:`bench_capture`,
+:func:`run_bench` and :func:`write_report`.
+
+Every encoding covers the same relays (entry + exit, IPv4 + IPv6, inbound + outbound rules); they differ only in
+how addresses are written: the 2022 tool's literal files, everything as networks, the hybrid split at several
+expansion thresholds, and opt-in lossy aggregation (whose added addresses are reported as false positives).
+
+How cost is measured: a sysdig engine replays one generated capture (connects and accepts, a share of them to and
+from Tor relays) with a filter equal to the rules' conditions OR-ed together (Falco evaluates every rule whose event
+types match each event; the OR is the same work, short-circuited the same way). The same capture is replayed with a
+filter that touches no address (``evt.num = 0``): the replay with no Tor rule. The cost of a replay is the engine
+process's CPU time (user + system), steadier than wall time on a shared machine; runs are interleaved round-robin
+and the median of the repetitions is kept. Load time is the engine compiling the filter without replaying anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from tor_sets import __version__
+from tor_sets.build import BuildOptions, build
+from tor_sets.engines import Engine
+from tor_sets.falco.generate import RulesOptions
+from tor_sets.falco.legacy2022 import render_2022
+from tor_sets.falco.load import load_rules
+from tor_sets.onionoo import address_problem
+from tor_sets.relays import IPAddress, RelaySets, Snapshot, classify
+from tor_sets.scap import Connection, write_capture
+from tor_sets.scenarios import HOST_V4, HOST_V6, INTERFACES, PROCESSES, START_NS
+
+__all__ = [
+    "BASELINE_CONDITION",
+    "BenchResult",
+    "Encoding",
+    "Measurement",
+    "bench_capture",
+    "encodings",
+    "run_bench",
+    "write_report",
+]
+
+BASELINE_CONDITION = "evt.num = 0"
+SCHEMA = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Encoding:
+    """One way of writing the same coverage."""
+
+    name: str
+    description: str
+    options: RulesOptions | None  # None: the 2022 tool's literal files
+
+    def texts(self, snapshot: Snapshot, sets: RelaySets) -> list[str]:
+        if self.options is None:
+            return [text for _, text in sorted(render_2022(sets).items())]
+        return [build(snapshot, BuildOptions(rules=self.options)).text]
+
+
+def encodings(thresholds: Sequence[int] = (2, 8, 16, 32, 64), lossy_budgets: Sequence[int] = (16,)) -> list[Encoding]:
+    """The encodings compared, in the order reported."""
+    base = RulesOptions()
+    out = [
+        Encoding("literal-2022", "the 2022 tool: quoted addresses, one file per role and family", None),
+        Encoding(
+            "networks-only",
+            "every address as a network (/32, /128) in fd.snet/fd.cnet lists",
+            replace(base, networks_only=True),
+        ),
+    ]
+    for threshold in thresholds:
+        label = "hybrid (every true network kept)" if threshold == 2 else f"hybrid, networks below {threshold} expanded"
+        out.append(Encoding(f"hybrid-{threshold}", label, replace(base, expand_below=threshold)))
+    out.append(
+        Encoding(
+            "addresses-only", "every address in hash-set address lists, no network", replace(base, expand_below=1 << 32)
+        )
+    )
+    for budget in lossy_budgets:
+        out.append(
+            Encoding(
+                f"lossy-{budget}",
+                f"lossy aggregation, <= {budget} added addresses per list",
+                replace(base, lossy_budget=budget),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One encoding on one engine."""
+
+    encoding: str
+    description: str
+    engine: str
+    rules_bytes: int
+    list_items: int
+    networks: int
+    false_positive_addresses: int
+    load_s: float
+    max_rss_kb: int
+    replay_s: float  # CPU seconds of the engine for the replay (median)
+    relative: float  # replay CPU time / replay CPU time with no Tor rule
+    matches: int
+    runs: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BenchResult:
+    measurements: tuple[Measurement, ...]
+    baseline: dict[str, float]  # engine → median replay seconds with no Tor rule
+    events: int
+    connections: int
+    tor_connections: int
+    engine_versions: dict[str, str]
+    build_s: float
+    build_peak_mb: float
+    machine: dict[str, str]
+    command: str
+    repetitions: int
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def bench_capture(
+    sets: RelaySets, path: Path, *, connections: int = 200_000, tor_share: float = 0.05, seed: int = 7
+) -> tuple[int, int]:
+    """Write a capture of ``connections`` connects and accepts (IPv4 and IPv6) with ``tor_share`` to/from Tor.
+
+    Returns:
+        (events written, Tor connections).
+    """
+    rng = random.Random(seed)
+    tor = sets.entry | sets.exit | sets.relay
+    entry = sorted(sets.entry, key=lambda a: (a.version, int(a)))
+    exit_ = sorted(sets.exit, key=lambda a: (a.version, int(a)))
+    public: list[IPAddress] = []
+    while len(public) < 4000:
+        candidate: IPAddress = (
+            ipaddress.IPv4Address(rng.getrandbits(32))
+            if len(public) % 3
+            else ipaddress.IPv6Address((0x2 << 124) | rng.getrandbits(125))
+        )
+        if address_problem(candidate) is None and candidate not in tor:
+            public.append(candidate)
+    hits = 0
+
+    def generate() -> list[Connection]:
+        nonlocal hits
+        out = []
+        for i in range(connections):
+            ts = START_NS + (i + 1) * 1_000
+            is_tor = rng.random() < tor_share
+            hits += is_tor
+            if i % 4:  # three quarters outbound
+                peer = rng.choice(entry) if is_tor else rng.choice(public)
+                host = HOST_V4 if peer.version == 4 else HOST_V6
+                out.append(
+                    Connection(
+                        "connect", host, 40000 + i % 20000, peer, 443, ts, PROCESSES[i % 2].pid, rng.choice((0, -115))
+                    )
+                )
+            else:
+                peer = rng.choice(exit_) if is_tor else rng.choice(public)
+                host = HOST_V4 if peer.version == 4 else HOST_V6
+                out.append(
+                    Connection(
+                        "accept4" if i % 8 else "accept", peer, 30000 + i % 30000, host, 443, ts, PROCESSES[2].pid
+                    )
+                )
+        return out
+
+    events = write_capture(path, generate(), processes=PROCESSES, interfaces=INTERFACES, hostname="tor-sets-bench")
+    return events, hits
+
+
+def _condition(texts: Sequence[str]) -> str:
+    rules = load_rules(*texts)
+    parts = [f"({r.expanded})" for r in rules.rules.values() if r.enabled]
+    return " or ".join(parts)
+
+
+def _fp(texts: Sequence[str], sets: RelaySets) -> int:
+    """Addresses the lists cover that are no entry or exit relay (lossy encodings only add such)."""
+    rules = load_rules(*texts)
+    covered = 0
+    truth = sets.entry | sets.exit
+    for items in rules.lists.values():
+        for item in items:
+            text = item.strip("'\"")
+            if "/" in text:
+                net = ipaddress.ip_network(text)
+                covered += sum(1 for a in net if a not in truth) if net.num_addresses <= 65536 else net.num_addresses
+    return covered
+
+
+def build_cost(python: str = sys.executable) -> tuple[float, float]:
+    """Seconds and peak MB of ``build()`` on the bundled snapshot, read + parse + classify + render, in a fresh process."""
+    code = (
+        "import time, resource\n"
+        "t = time.perf_counter()\n"
+        "from tor_sets.onionoo import bundled_snapshot\n"
+        "from tor_sets.build import build\n"
+        "t0 = time.perf_counter()\n"
+        "text = build(bundled_snapshot()).text\n"
+        "t1 = time.perf_counter()\n"
+        "print(t1 - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
+def run_bench(
+    snapshot: Snapshot,
+    engines: Sequence[Engine],
+    workdir: Path,
+    *,
+    connections: int = 200_000,
+    repetitions: int = 3,
+    chosen: Sequence[Encoding] | None = None,
+    connections_for: Callable[[Engine], int] | None = None,
+    command: str = "",
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> BenchResult:
+    """Measure every encoding on every engine.
+
+    Args:
+        connections_for: capture size per engine (the 2022 engine expands ``in`` into OR chains and is far slower,
+            so it gets a smaller capture).
+    """
+    sets = classify(snapshot)
+    chosen = list(chosen or encodings())
+    texts = {e.name: e.texts(snapshot, sets) for e in chosen}
+    conditions = {name: _condition(t) for name, t in texts.items()}
+    measurements: list[Measurement] = []
+    baselines: dict[str, float] = {}
+    versions: dict[str, str] = {}
+    events_total = 0
+    tor_total = 0
+    for engine in engines:
+        versions[engine.name] = engine.version()
+        size = connections_for(engine) if connections_for else connections
+        capture = workdir / f"bench-{size}.scap"
+        if not capture.exists():
+            progress(f"writing a capture of {size} connections")
+            events, hits = bench_capture(sets, capture, connections=size)
+            (workdir / f"bench-{size}.json").write_text(json.dumps({"events": events, "tor": hits}))
+        meta = json.loads((workdir / f"bench-{size}.json").read_text())
+        if engine is engines[0]:
+            events_total, tor_total = meta["events"], meta["tor"]
+        names = ["baseline", *conditions]
+        runs: dict[str, list[float]] = {n: [] for n in names}
+        rss: dict[str, int] = {}
+        matches: dict[str, int] = {}
+        for rep in range(repetitions):
+            for name in names:
+                progress(f"{engine.name}: {name} (run {rep + 1}/{repetitions})")
+                run = engine.filter(
+                    capture, BASELINE_CONDITION if name == "baseline" else conditions[name], ("evt.type",), timeout=3600
+                )
+                runs[name].append(run.cpu_s if run.cpu_s > 0 else run.wall_s)
+                rss[name] = max(rss.get(name, 0), run.max_rss_kb)
+                matches[name] = len(run.matches)
+        base = statistics.median(runs["baseline"])
+        baselines[engine.name] = base
+        base_load = _load_time(engine, BASELINE_CONDITION)
+        for enc in chosen:
+            text_bytes = sum(len(t.encode()) for t in texts[enc.name])
+            rules = load_rules(*texts[enc.name])
+            items = sum(len(v) for v in rules.lists.values())
+            nets = sum(1 for v in rules.lists.values() for i in v if "/" in i)
+            median = statistics.median(runs[enc.name])
+            measurements.append(
+                Measurement(
+                    encoding=enc.name,
+                    description=enc.description,
+                    engine=engine.name,
+                    rules_bytes=text_bytes,
+                    list_items=items,
+                    networks=nets,
+                    false_positive_addresses=_fp(texts[enc.name], sets)
+                    if enc.options and enc.options.lossy_budget
+                    else 0,
+                    load_s=max(0.0, _load_time(engine, conditions[enc.name]) - base_load),
+                    max_rss_kb=rss[enc.name],
+                    replay_s=median,
+                    relative=median / base,
+                    matches=matches[enc.name],
+                    runs=tuple(runs[enc.name]),
+                )
+            )
+    build_s, build_mb = build_cost()
+    return BenchResult(
+        measurements=tuple(measurements),
+        baseline=baselines,
+        events=events_total,
+        connections=connections,
+        tor_connections=tor_total,
+        engine_versions=versions,
+        build_s=build_s,
+        build_peak_mb=build_mb,
+        machine=_machine(),
+        command=command,
+        repetitions=repetitions,
+    )
+
+
+def _load_time(engine: Engine, condition: str, repetitions: int = 3) -> float:
+    times = []
+    for _ in range(repetitions):
+        start = time.perf_counter()
+        engine.compile(condition, timeout=600)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def table(result: BenchResult) -> str:
+    """A table for people."""
+    lines = []
+    for engine, base in result.baseline.items():
+        lines.append(f"{engine} {result.engine_versions[engine]}: replay with no Tor rule {base:.3f} s (median)")
+        header = (
+            f"  {'encoding':<16} {'bytes':>8} {'items':>6} {'nets':>5} {'load s':>7} {'RSS MB':>7} "
+            f"{'replay s':>8} {'x no-rule':>9} {'FP addr':>7}"
+        )
+        lines.append(header)
+        for m in result.measurements:
+            if m.engine != engine:
+                continue
+            lines.append(
+                f"  {m.encoding:<16} {m.rules_bytes:>8} {m.list_items:>6} {m.networks:>5} {m.load_s:>7.3f} "
+                f"{m.max_rss_kb / 1024:>7.1f} {m.replay_s:>8.3f} {m.relative:>9.2f} "
+                f"{m.false_positive_addresses:>7}"
+            )
+    lines.append(f"build (bundled snapshot): {result.build_s:.3f} s, peak {result.build_peak_mb:.0f} MB")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(result: BenchResult) -> dict[str, object]:
+    doc = asdict(result)
+    doc["schema"] = SCHEMA
+    doc["tor_sets_version"] = __version__
+    return doc
+
+
+def plot(result: BenchResult, path: Path, engine: str) -> None:
+    """Rules bytes against per-event cost (relative to no Tor rule), one point per encoding."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [m for m in result.measurements if m.engine == engine]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for m in points:
+        ax.scatter(m.rules_bytes / 1000, m.relative, s=40)
+        ax.annotate(
+            m.encoding, (m.rules_bytes / 1000, m.relative), textcoords="offset points", xytext=(5, 4), fontsize=8
+        )
+    ax.set_xlabel("rules size (kB)")
+    ax.set_ylabel("replay time / replay with no Tor rule")
+    ax.set_title(f"Tor rules on {engine} {result.engine_versions[engine]}: size against per-event cost")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_report(result: BenchResult, out_dir: Path, *, default: str) -> list[Path]:
+    """docs/benchmarks.md, benchmarks.json and a PNG plot per engine in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    json_path = out_dir / "benchmarks.json"
+    json_path.write_text(json.dumps(to_json(result), indent=2, sort_keys=True) + "\n")
+    written.append(json_path)
+    for engine in result.baseline:
+        png = out_dir / f"benchmarks-{engine}.png"
+        plot(result, png, engine)
+        written.append(png)
+    md = out_dir / "benchmarks.md"
+    md.write_text(_markdown(result, default))
+    written.append(md)
+    return written
+
+
+def _markdown(result: BenchResult, default: str) -> str:
+    by = {(m.engine, m.encoding): m for m in result.measurements}
+    modern = next(iter(result.baseline))
+    lit = by.get((modern, "literal-2022"))
+    best = by.get((modern, "addresses-only"))
+    chosen = by.get((modern, default))
+    lines = [
+        "# Benchmarks: what the Tor rules cost an engine",
+        "",
+        "Generated by `tor-sets bench`; do not edit by hand. Reproduce with:",
+        "",
+        f"    {result.command}",
+        "",
+        f"Machine: {result.machine.get('cpu')}, {result.machine.get('cores')} cores, {result.machine.get('memory')}, "
+        f"Linux {result.machine.get('kernel')}, Python {result.machine.get('python')}.",
+        "Engines: " + ", ".join(f"{k} {v}" for k, v in result.engine_versions.items()) + ".",
+        f"Capture: {result.connections} connects and accepts ({result.events} events), "
+        f"{result.tor_connections} of them to or from Tor relays, IPv4 and IPv6; median of "
+        f"{result.repetitions} interleaved runs.",
+        "",
+    ]
+    if lit and best and chosen:
+        lines += [
+            "## Headline (modern engine)",
+            "",
+            f"- Default encoding `{default}`: **{chosen.rules_bytes:,} bytes** = "
+            f"{chosen.rules_bytes / lit.rules_bytes:.2f}x the 2022 tool's {lit.rules_bytes:,} bytes.",
+            f"- Per-event cost: {chosen.relative:.2f}x the replay with no Tor rule; "
+            f"{chosen.replay_s / best.replay_s:.3f}x the all-addresses-hashed encoding "
+            f"({best.relative:.2f}x no rule); the 2022 tool's files: {lit.relative:.2f}x no rule.",
+            f"- Build of the bundled snapshot (parse, classify, compact, render): {result.build_s:.3f} s, "
+            f"peak {result.build_peak_mb:.0f} MB.",
+            "",
+        ]
+    for engine, base in result.baseline.items():
+        lines += [
+            f"## {engine} {result.engine_versions[engine]}",
+            "",
+            f"Replay with no Tor rule: {base:.3f} s.",
+            "",
+            "| encoding | what | rules bytes | list items | networks | load s | peak RSS MB | replay s | x no rule | "
+            "false-positive addresses |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for m in result.measurements:
+            if m.engine == engine:
+                lines.append(
+                    f"| `{m.encoding}` | {m.description} | {m.rules_bytes:,} | {m.list_items:,} | {m.networks:,} | "
+                    f"{m.load_s:.3f} | {m.max_rss_kb / 1024:.1f} | {m.replay_s:.3f} | {m.relative:.2f} | "
+                    f"{m.false_positive_addresses:,} |"
+                )
+        lines += ["", f"![size against cost](benchmarks-{engine}.png)", ""]
+    return "\n".join(lines) + "\n"

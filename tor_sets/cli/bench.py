@@ -1,0 +1,122 @@
+"""``tor-sets bench``: rule size and evaluation cost of each encoding on the real engines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from tor_sets.bench import encodings, run_bench, table, to_json, write_report
+from tor_sets.compact import DEFAULT_EXPAND_BELOW
+from tor_sets.engines import Engine, get_engine
+from tor_sets.errors import EngineUnavailable, UsageError
+from tor_sets.onionoo import bundled_snapshot, read_snapshot
+
+log = logging.getLogger("tor_sets")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "bench",
+        help="measure rule size and evaluation cost of each encoding on the real engines",
+        description="Write the same coverage (entry + exit, IPv4 + IPv6, inbound + outbound) in several encodings "
+        "and measure bytes, list items, load time, peak engine memory and the cost of replaying a generated "
+        "capture relative to the same replay with no Tor rule.",
+    )
+    parser.add_argument("--input", "-i", type=Path, metavar="FILE", help="relay snapshot (default: the bundled one)")
+    parser.add_argument(
+        "--engine",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="engines to measure (default: sysdig-modern, and sysdig-legacy when present)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=200_000,
+        help="connects + accepts in the capture for current engines (default: 200000)",
+    )
+    parser.add_argument(
+        "--legacy-connections",
+        type=int,
+        default=10_000,
+        help="capture size for the 2022 engine, whose OR chains are far slower (default: 10000)",
+    )
+    parser.add_argument("--repetitions", type=int, default=3, help="runs per encoding; the median is kept")
+    parser.add_argument(
+        "--thresholds",
+        default="2,8,16,32,64",
+        help="expansion thresholds of the hybrid encodings (default: 2,8,16,32,64)",
+    )
+    parser.add_argument("--lossy-budgets", default="16", help="budgets of the lossy encodings (default: 16)")
+    parser.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        metavar="DIR",
+        help="write benchmarks.md, benchmarks.json and plots into DIR (e.g. docs)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
+    parser.set_defaults(func=run)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what}: expected comma-separated integers") from None
+    if any(v < 2 for v in values):
+        raise UsageError(f"{what}: values must be at least 2")
+    return values
+
+
+def _engines(names: list[str]) -> list[Engine]:
+    if names:
+        engines = [get_engine(n) for n in names]
+        for engine in engines:
+            engine.check()
+        return engines
+    engines = [get_engine("sysdig-modern")]
+    engines[0].check()
+    legacy = get_engine("sysdig-legacy")
+    try:
+        legacy.check()
+        engines.append(legacy)
+    except EngineUnavailable as exc:
+        log.warning("not measuring the legacy engine: %s", exc)
+    return engines
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.connections < 100 or args.legacy_connections < 100 or args.repetitions < 1:
+        raise UsageError("--connections and --legacy-connections need at least 100, --repetitions at least 1")
+    snapshot = read_snapshot(args.input) if args.input else bundled_snapshot()
+    chosen = encodings(_ints(args.thresholds, "--thresholds"), _ints(args.lossy_budgets, "--lossy-budgets"))
+    engines = _engines(args.engine)
+    command = "tor-sets " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""
+    with tempfile.TemporaryDirectory(prefix="tor-sets-bench-") as tmp:
+        result = run_bench(
+            snapshot,
+            engines,
+            Path(tmp),
+            connections=args.connections,
+            repetitions=args.repetitions,
+            chosen=chosen,
+            connections_for=lambda e: args.legacy_connections if e.name == "sysdig-legacy" else args.connections,
+            command=command or "tor-sets bench " + " ".join(f"--engine {e.name}" for e in engines),
+            progress=lambda msg: log.info("%s", msg),
+        )
+    if args.output:
+        for path in write_report(result, args.output, default=f"hybrid-{DEFAULT_EXPAND_BELOW}"):
+            log.info("wrote %s", path)
+    if args.json:
+        json.dump(to_json(result), sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(table(result))
+    return 0
