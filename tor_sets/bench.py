@@ -208,7 +208,7 @@ def _fp(texts: Sequence[str], sets: RelaySets) -> int:
 
 
 def build_cost(python: str = sys.executable) -> tuple[float, float]:
-    """Seconds and peak MB of ``build()`` on the bundled snapshot, read + parse + classify + render, in a fresh process."""
+    """Seconds and peak MB of ``build()`` on the bundled snapshot (read, parse, classify, render), in a new process."""
     code = (
         "import time, resource\n"
         "t = time.perf_counter()\n"

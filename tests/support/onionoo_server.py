@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,9 +24,19 @@ class Behaviour:
     content_type: str = "application/json"
     last_modified: float | None = None  # epoch seconds; honours If-Modified-Since when set
     stall: float = 0.0  # seconds to sleep before answering
+    stall_body: float = 0.0  # seconds to sleep after the headers and half the body, then send the rest
     truncate_to: int | None = None  # send only this many body bytes, then close
     headers: dict[str, str] = field(default_factory=dict)
     statuses: list[int] = field(default_factory=list)  # statuses for the first requests, then `status`
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    """A client that hangs up (size cap, timeout, a killed process) is expected here, not an error to print."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class OnionooServer:
@@ -78,9 +89,14 @@ class OnionooServer:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
+                if b.stall_body:
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    time.sleep(b.stall_body)
+                    body = body[len(body) // 2 :]
                 self.wfile.write(body)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
