@@ -134,7 +134,13 @@ class RelaySets:
 
     def counts(self) -> dict[str, int]:
         """``{"entry_ipv4": n, "entry_ipv6": n, ...}`` for reports."""
-        return {f"{role.value}_ipv{version}": len(self.family(role, version)) for role in Role for version in (4, 6)}
+        out = {}
+        for role in Role:
+            addresses = self.role(role)
+            v4 = sum(1 for a in addresses if a.version == 4)
+            out[f"{role.value}_ipv4"] = v4
+            out[f"{role.value}_ipv6"] = len(addresses) - v4
+        return out
 
 
 def _entry_relays(relays: Iterable[Relay], include_authorities: bool) -> Iterator[Relay]:

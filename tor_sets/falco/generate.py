@@ -130,23 +130,34 @@ class _Cell:
 
 def _cells(sets: RelaySets, options: RulesOptions) -> list[_Cell]:
     watched = sorted(options.roles, key=list(Role).index)
-    membership: dict[IPAddress, frozenset[Role]] = {}
-    for role in watched:
+    # keyed by (version, integer): hashing ipaddress objects is slow, and this runs on every build
+    membership: dict[tuple[int, int], tuple[IPAddress, int]] = {}
+    for bit, role in enumerate(watched):
         for address in sets.role(role):
             if address.version in options.families:
-                membership[address] = membership.get(address, frozenset()) | {role}
-    by_roles: dict[frozenset[Role], list[IPAddress]] = {}
-    for address, roles in membership.items():
-        by_roles.setdefault(roles, []).append(address)
+                key = (address.version, int(address))
+                previous = membership.get(key)
+                membership[key] = (address, (previous[1] if previous else 0) | 1 << bit)
+    by_mask: dict[int, list[IPAddress]] = {}
+    for address, mask in membership.values():
+        by_mask.setdefault(mask, []).append(address)
+
+    def roles_of(mask: int) -> frozenset[Role]:
+        return frozenset(r for bit, r in enumerate(watched) if mask >> bit & 1)
+
     if options.list_names == "2022":
         # one complete list per role: a cell per role, addresses repeated across roles
-        groups = [(frozenset({r}), [a for a, rs in membership.items() if r in rs]) for r in watched]
+        groups = [
+            (frozenset({r}), [a for a, mask in membership.values() if mask >> bit & 1]) for bit, r in enumerate(watched)
+        ]
     else:
-        groups = sorted(by_roles.items(), key=lambda kv: [list(Role).index(r) for r in sorted(kv[0])])
-    cells = []
-    for roles, addresses in groups:
-        cells.append(_Cell(_cell_name(roles, watched, options), roles, _compact(addresses, options)))
-    return cells
+        groups = sorted(
+            ((roles_of(mask), addresses) for mask, addresses in by_mask.items()),
+            key=lambda kv: [list(Role).index(r) for r in sorted(kv[0], key=list(Role).index)],
+        )
+    return [
+        _Cell(_cell_name(roles, watched, options), roles, _compact(addresses, options)) for roles, addresses in groups
+    ]
 
 
 def _cell_name(roles: frozenset[Role], watched: Sequence[Role], options: RulesOptions) -> str:
