@@ -75,7 +75,7 @@ def _configure_logging(verbose: bool) -> None:
     handler.setFormatter(logging.Formatter("tor-sets: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    logger.propagate = False
+    logger.propagate = True  # tests capture records at the root; a plain run has no root handler
     logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
