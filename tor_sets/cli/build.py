@@ -17,7 +17,7 @@ from tor_sets.errors import UsageError
 from tor_sets.falco.generate import DEFAULT_TAGS, RulesOptions
 from tor_sets.falco.model import PRIORITIES
 from tor_sets.onionoo import DEFAULT_URL, FetchSettings, Obtained, default_cache_dir, obtain
-from tor_sets.relays import IPAddress, Role
+from tor_sets.relays import IPAddress, Role, Snapshot
 
 log = logging.getLogger("tor_sets")
 
@@ -228,7 +228,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.set_defaults(func=run)
 
 
-def render_format(built: Built, fmt: str, args: argparse.Namespace) -> str | bytes:
+def render_format(built: Built, fmt: str, args: argparse.Namespace, snapshot: Snapshot | None = None) -> str | bytes:
     """The output of ``--format`` for a build."""
     if fmt == "falco":
         return built.text
@@ -244,7 +244,7 @@ def render_format(built: Built, fmt: str, args: argparse.Namespace) -> str | byt
     from tor_sets import plugin
 
     if fmt == "plugin-table":
-        return plugin.table_bytes(built)
+        return plugin.table_bytes(built, snapshot)
     return plugin.plugin_rules_text(built)
 
 
@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     options = build_options(args)
     obtained = obtain_from_args(args)
     built = build(obtained.snapshot, options)
-    output = render_format(built, args.format, args)
+    output = render_format(built, args.format, args, obtained.snapshot)
     if args.output == "-":
         if isinstance(output, bytes):
             sys.stdout.buffer.write(output)

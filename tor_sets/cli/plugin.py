@@ -1,0 +1,197 @@
+"""``tor-sets plugin``: build, configure, feed, inspect and benchmark the tor-sets Falco plugin.
+
+Subcommands:
+
+* ``build [-o DIR]``: compile ``libtorsets.so`` with gcc against the Falco plugin API header; prints its path.
+* ``config``: print the ``falco.yaml`` snippet that loads the plugin.
+* ``table [-o FILE]``: write the plugin's table (with fingerprints and nicknames) from the relay directory,
+  atomically, so that a running plugin picks it up; takes the relay-data and rules options of ``build``.
+* ``inspect FILE [--lookup ADDRESS]``: check a table as the plugin would and print a JSON summary.
+* ``bench``: time the plugin rules against the list-based rules on sid's sysdig (needs root and the engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from tor_sets.build import build
+from tor_sets.cli.build import add_rules_arguments, add_source_arguments, build_options, obtain_from_args
+from tor_sets.errors import TorSetsError
+
+log = logging.getLogger("tor_sets")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "plugin",
+        help="the tor-sets Falco plugin (tor.* fields from a table it reloads)",
+        description="Build, configure, feed, inspect and benchmark the tor-sets Falco plugin.",
+    )
+    commands = parser.add_subparsers(dest="plugin_command", required=True, metavar="ACTION")
+
+    p = commands.add_parser("build", help="compile libtorsets.so", description="Compile the plugin with gcc.")
+    p.add_argument("-o", "--output", type=Path, default=Path("."), metavar="DIR", help="output folder (default: .)")
+    p.add_argument("--include", type=Path, metavar="DIR", help="folder holding plugin/plugin_api.h")
+    p.add_argument("--cc", metavar="CC", help="C compiler (default: $CC or gcc)")
+    p.set_defaults(func=_run_build)
+
+    p = commands.add_parser("config", help="print the falco.yaml snippet", description="Print the falco.yaml snippet.")
+    p.add_argument("--library", default=None, metavar="PATH", help="installed libtorsets.so")
+    p.add_argument("--table", default=None, metavar="PATH", help="where the table is written")
+    p.add_argument("--check-interval", type=float, default=None, metavar="S", help="seconds between reload checks")
+    p.set_defaults(func=_run_config)
+
+    p = commands.add_parser(
+        "table",
+        help="write the plugin's table",
+        description="Write the plugin's relay table (atomically: a running plugin reloads it).",
+    )
+    add_source_arguments(p)
+    add_rules_arguments(p)
+    p.add_argument("-o", "--output", default="tor.table", metavar="PATH", help="where to write (default: tor.table)")
+    p.set_defaults(func=_run_table)
+
+    p = commands.add_parser("inspect", help="check a table and summarise it", description="Check a table.")
+    p.add_argument("table", type=Path, metavar="FILE")
+    p.add_argument("--lookup", action="append", default=[], metavar="ADDRESS", help="also show these addresses")
+    p.set_defaults(func=_run_inspect)
+
+    p = commands.add_parser(
+        "bench",
+        help="time plugin rules against list rules",
+        description="Replay one capture through sid's sysdig with the list-based rules and with the plugin rules.",
+    )
+    p.add_argument("--connections", type=int, default=200_000, metavar="N", help="connects (default: 200000)")
+    p.add_argument("--repeat", type=int, default=3, metavar="N", help="runs per variant (default: 3)")
+    p.add_argument("--library", type=Path, metavar="PATH", help="a built libtorsets.so (default: build one)")
+    p.add_argument("--workdir", type=Path, metavar="DIR", help="keep the capture and table here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_run_bench)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from tor_sets.plugin.native import compile_plugin
+
+    path = compile_plugin(args.output, include_dir=args.include, cc=args.cc)
+    log.info("built %s", path)
+    print(path)
+    return 0
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    from tor_sets.plugin.rules import DEFAULT_CHECK_INTERVAL_S, DEFAULT_LIBRARY, DEFAULT_TABLE, falco_config
+
+    if args.check_interval is not None and args.check_interval < 0:
+        raise TorSetsError("--check-interval must not be negative")
+    sys.stdout.write(
+        falco_config(
+            library=args.library or DEFAULT_LIBRARY,
+            table=args.table or DEFAULT_TABLE,
+            check_interval_s=DEFAULT_CHECK_INTERVAL_S if args.check_interval is None else args.check_interval,
+        )
+    )
+    return 0
+
+
+def _run_table(args: argparse.Namespace) -> int:
+    from tor_sets.plugin import table_bytes
+    from tor_sets.plugin.table import write_table
+
+    options = build_options(args)
+    obtained = obtain_from_args(args)
+    built = build(obtained.snapshot, options)
+    data = table_bytes(built, obtained.snapshot)
+    if args.output == "-":
+        sys.stdout.buffer.write(data)
+        changed = True
+    else:
+        changed = write_table(Path(args.output), data)
+    log.info("%s %s: %d bytes (%s)", "wrote" if changed else "unchanged", args.output, len(data), obtained.origin)
+    return 0
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from tor_sets.plugin.table import decode, role_names, summary
+
+    try:
+        data = args.table.read_bytes()
+    except OSError as exc:
+        raise TorSetsError(f"cannot read {args.table}: {exc.strerror or exc}") from exc
+    table = decode(data)
+    document: dict[str, object] = {"schema": 1, "table": str(args.table), "bytes": len(data), **summary(table)}
+    lookups: dict[str, object] = {}
+    for text in args.lookup:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            raise TorSetsError(f"not an IP address: {text!r}") from None
+        entry = table.get(address)
+        lookups[text] = (
+            None
+            if entry is None
+            else {"role": role_names(entry.roles), "fingerprint": entry.fingerprint, "nickname": entry.nickname}
+        )
+    if args.lookup:
+        document["lookup"] = lookups
+    print(json.dumps(document, sort_keys=True, indent=2))
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from tor_sets.onionoo import bundled_snapshot
+    from tor_sets.plugin.native import compile_plugin
+    from tor_sets.plugin.replay import benchmark
+
+    if args.connections < 1 or args.repeat < 1:
+        raise TorSetsError("--connections and --repeat must be positive")
+    snapshot = bundled_snapshot()
+    built = build(snapshot)
+    with tempfile.TemporaryDirectory(prefix="tor-sets-bench-") as scratch:
+        workdir = args.workdir or Path(scratch)
+        library = args.library or compile_plugin(workdir)
+        log.info("replaying %d connects, %d runs per variant ...", args.connections, args.repeat)
+        events, results = benchmark(workdir, built, snapshot, library, connections=args.connections, repeat=args.repeat)
+    base = next(r for r in results if r.name == "baseline")
+    if args.json:
+        document = {
+            "schema": 1,
+            "events": events,
+            "connections": args.connections,
+            "results": [
+                {
+                    "name": r.name,
+                    "walls_s": [round(w, 4) for w in r.walls_s],
+                    "median_s": round(r.median_s, 4),
+                    "cpus_s": [round(c, 4) for c in r.cpus_s],
+                    "median_cpu_s": round(r.median_cpu_s, 4),
+                    "ns_per_event_over_baseline": round((r.median_s - base.median_s) / events * 1e9, 1),
+                    "cpu_ns_per_event_over_baseline": round((r.median_cpu_s - base.median_cpu_s) / events * 1e9, 1),
+                    "matches": r.matches,
+                    "max_rss_kb": r.max_rss_kb,
+                    "condition_chars": r.condition_chars,
+                }
+                for r in results
+            ],
+        }
+        print(json.dumps(document, sort_keys=True, indent=2))
+        return 0
+    print(f"{events} events ({args.connections} connects), median of {args.repeat} rounds, sysdig 0.41.4 (sid)")
+    print(
+        f"{'variant':<9} {'wall s':>7} {'ns/event':>9} {'CPU s':>7} {'CPU ns/event':>13} {'matches':>8} "
+        f"{'peak RSS MB':>12} {'filter chars':>13}"
+    )
+    for r in results:
+        wall_extra = (r.median_s - base.median_s) / events * 1e9
+        cpu_extra = (r.median_cpu_s - base.median_cpu_s) / events * 1e9
+        print(
+            f"{r.name:<9} {r.median_s:>7.3f} {wall_extra:>9.1f} {r.median_cpu_s:>7.3f} {cpu_extra:>13.1f} "
+            f"{r.matches:>8} {r.max_rss_kb / 1024:>12.1f} {r.condition_chars:>13}"
+        )
+    print("(ns/event: the median over the baseline's, divided by the events; the baseline is replay alone)")
+    return 0

@@ -1,0 +1,206 @@
+"""Falco rules and configuration for the tor-sets plugin.
+
+Exports :func:`plugin_rules_file` (the rules model), :func:`plugin_rules_text` (its YAML, with
+``required_plugin_versions``), :func:`falco_config` (the ``falco.yaml`` snippet that loads the plugin) and the
+plugin's identity :data:`PLUGIN_NAME`, :data:`PLUGIN_VERSION`.
+
+The plugin rules mirror the list-based ones of :func:`tor_sets.falco.generate.generate` item by item: the same
+rule names (so verification labels and users' exceptions keep working), the same connection macros, and role
+macros of the same names whose conditions ask the plugin instead of an address list::
+
+    - macro: tor_entry_relay_server
+      condition: tor.server_is_entry = true
+    - rule: Outbound Connection to Tor Entry Relay
+      condition: tor_outbound_connection and tor_entry_relay_server
+
+The relay addresses live in the plugin's table (:mod:`tor_sets.plugin.table`), which the plugin reloads when
+the file is replaced: refreshing detection never touches the rules. Load either these rules or the list-based
+ones, not both (they define the same names).
+
+Falco configuration: https://falco.org/docs/plugins/usage/ (``load_plugins``, ``plugins``), rules files:
+https://falco.org/docs/reference/rules/ (``required_plugin_versions``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from tor_sets.build import Built
+from tor_sets.errors import SanityError
+from tor_sets.falco.emit import render
+from tor_sets.falco.generate import INBOUND_MACRO, INBOUND_RULE, OUTBOUND_MACRO, OUTBOUND_RELAY_RULE, OUTBOUND_RULE
+from tor_sets.falco.model import Item, Macro, Rule, RulesFile
+from tor_sets.relays import Role
+
+__all__ = [
+    "DEFAULT_CHECK_INTERVAL_S",
+    "DEFAULT_LIBRARY",
+    "DEFAULT_TABLE",
+    "FIELDS",
+    "MIN_ENGINE_VERSION",
+    "PLUGIN_NAME",
+    "PLUGIN_VERSION",
+    "ROLE_CONDITIONS",
+    "falco_config",
+    "plugin_rules_file",
+    "plugin_rules_text",
+]
+
+#: the plugin's name (``plugin_get_name``), as ``load_plugins`` and ``required_plugin_versions`` spell it
+PLUGIN_NAME = "torsets"
+#: the plugin's version (``plugin_get_version``); ``torsets_plugin.c`` must say the same
+PLUGIN_VERSION = "0.1.0"
+DEFAULT_LIBRARY = "/usr/share/falco/plugins/libtorsets.so"
+DEFAULT_TABLE = "/etc/falco/tor.table"
+DEFAULT_CHECK_INTERVAL_S = 5.0
+#: the plugin needs plugin API 3.3.0 (Falco 0.38, engine version 0.40.0) or later
+MIN_ENGINE_VERSION = "0.40.0"
+
+#: the plugin's fields in the order ``plugin_get_fields`` lists them (their ids)
+FIELDS: tuple[str, ...] = (
+    "tor.server_role",
+    "tor.client_role",
+    "tor.remote_role",
+    "tor.server_is_entry",
+    "tor.server_is_exit",
+    "tor.server_is_relay",
+    "tor.client_is_entry",
+    "tor.client_is_exit",
+    "tor.client_is_relay",
+    "tor.is_relay",
+    "tor.fingerprint",
+    "tor.nickname",
+    "tor.table_age",
+    "tor.table_loads",
+)
+#: role macro name → the plugin condition that replaces its address lists
+ROLE_CONDITIONS: dict[str, str] = {
+    "tor_entry_relay_server": "tor.server_is_entry = true",
+    "tor_relay_server": "tor.server_is_relay = true",
+    "tor_exit_relay_client": "tor.client_is_exit = true",
+}
+_ROLE_OF_RULE = {OUTBOUND_RULE: Role.ENTRY, OUTBOUND_RELAY_RULE: Role.RELAY, INBOUND_RULE: Role.EXIT}
+_ROLE_MACRO = {Role.ENTRY: "tor_entry_relay_server", Role.RELAY: "tor_relay_server", Role.EXIT: "tor_exit_relay_client"}
+_CONNECTION_MACROS = (OUTBOUND_MACRO, INBOUND_MACRO)
+_PLUGIN_OUTPUT = " tor_role=%tor.remote_role tor_fingerprint=%tor.fingerprint tor_nickname=%tor.nickname"
+_CONFIG_HEADER = (
+    "# tor-sets plugin: tor.* fields for syscall events. Merge into falco.yaml: add torsets to the\n"
+    "# load_plugins you already have (Falco 0.41+ loads container, which the rule outputs use) and this\n"
+    "# entry to plugins.\n"
+)
+_SEMVER = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+def _engine_version(built_version: str | None) -> str:
+    """The larger of the build's ``required_engine_version`` and what the plugin needs."""
+    floor = tuple(int(p) for p in MIN_ENGINE_VERSION.split("."))
+    match = _SEMVER.fullmatch(built_version or "")
+    if match and tuple(int(p) for p in match.groups()) > floor:
+        return built_version or MIN_ENGINE_VERSION
+    return MIN_ENGINE_VERSION
+
+
+def plugin_rules_file(built: Built) -> RulesFile:
+    """The rules model for the plugin, item for item the counterpart of ``built.rules_file``.
+
+    Raises:
+        SanityError: the build has no rule the plugin can express.
+    """
+    source = built.rules_file
+    macros = source.macros()
+    items: list[Item] = []
+    wanted = [rule for rule in source.rules().values() if rule.name in _ROLE_OF_RULE]
+    if not wanted:
+        raise SanityError("the build holds no Tor rule to express with the plugin")
+    for role in dict.fromkeys(_ROLE_OF_RULE[rule.name] for rule in wanted):
+        name = _ROLE_MACRO[role]
+        items.append(Macro(name, ROLE_CONDITIONS[name]))
+    items.extend(macros[name] for name in _CONNECTION_MACROS if name in macros)
+    items.extend(
+        Rule(
+            name=rule.name,
+            desc=rule.desc,
+            condition=rule.condition,
+            output=rule.output + _PLUGIN_OUTPUT,
+            priority=rule.priority,
+            tags=rule.tags,
+            enabled=rule.enabled,
+        )
+        for rule in wanted
+    )
+    header = (
+        "Tor relay rules for Falco using the tor-sets plugin (tor.* fields); do not edit.",
+        "Regenerate with `tor-sets build --format falco-plugin`. The relay addresses are in the plugin's table",
+        "(`tor-sets plugin table`), which the plugin reloads when the file is replaced: refreshing detection",
+        "needs no rules reload. Load either this file or the list-based rules, not both.",
+        *(line for line in source.header if line.startswith(("tor-sets ", "source:", "relays_published:"))),
+    )
+    return RulesFile(
+        header=header, required_engine_version=_engine_version(source.required_engine_version), items=tuple(items)
+    )
+
+
+def _dump(document: Any) -> str:
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=118)
+
+
+def plugin_rules_text(built: Built) -> str:
+    """The plugin rules as Falco YAML: header, ``required_engine_version``, ``required_plugin_versions``, items.
+
+    Deterministic: the same build gives the same text.
+
+    Raises:
+        SanityError: the build has no rule the plugin can express.
+    """
+    rules_file = plugin_rules_file(built)
+    head = render(RulesFile(rules_file.header, rules_file.required_engine_version, ()))
+    plugins = _dump([{"required_plugin_versions": [{"name": PLUGIN_NAME, "version": PLUGIN_VERSION}]}])
+    body = render(RulesFile((), None, rules_file.items))
+    return head + "\n" + plugins + body
+
+
+def falco_config(
+    *,
+    library: str = DEFAULT_LIBRARY,
+    table: str = DEFAULT_TABLE,
+    check_interval_s: float = DEFAULT_CHECK_INTERVAL_S,
+) -> str:
+    """The ``falco.yaml`` snippet that loads the plugin next to Falco's own ``container`` plugin.
+
+    Args:
+        library: where the plugin's shared library is installed.
+        table: where the table is written (``tor-sets build --format plugin-table -o TABLE``).
+        check_interval_s: seconds between the plugin's checks for a replaced table.
+
+    >>> print(falco_config(table="/etc/falco/tor.table"), end="")
+    # tor-sets plugin: tor.* fields for syscall events. Merge into falco.yaml: add torsets to the
+    # load_plugins you already have (Falco 0.41+ loads container, which the rule outputs use) and this
+    # entry to plugins.
+    load_plugins:
+    - container
+    - torsets
+    plugins:
+    - name: torsets
+      library_path: /usr/share/falco/plugins/libtorsets.so
+      init_config:
+        table: /etc/falco/tor.table
+        check_interval_s: 5
+    """
+    if check_interval_s < 0:
+        raise ValueError("check_interval_s must not be negative")
+    interval: float | int = int(check_interval_s) if float(check_interval_s).is_integer() else check_interval_s
+    document = {
+        "load_plugins": ["container", PLUGIN_NAME],
+        "plugins": [
+            {
+                "name": PLUGIN_NAME,
+                "library_path": library,
+                "init_config": {"table": table, "check_interval_s": interval},
+            }
+        ],
+    }
+    text = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=118)
+    return _CONFIG_HEADER + text
