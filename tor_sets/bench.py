@@ -11,8 +11,9 @@ How cost is measured: a sysdig engine replays one generated capture (connects an
 from Tor relays) with a filter equal to the rules' conditions OR-ed together (Falco evaluates every rule whose event
 types match each event; the OR is the same work, short-circuited the same way). The same capture is replayed with a
 filter that touches no address (``evt.num = 0``): the replay with no Tor rule. The cost of a replay is the engine
-process's CPU time (user + system), steadier than wall time on a shared machine; runs are interleaved round-robin
-and the median of the repetitions is kept. Load time is the engine compiling the filter without replaying anything.
+process's CPU time (user + system), steadier than wall time on a shared machine. Every encoding run is paired with
+a no-rule run just before it and the median of the pairs' ratios is reported, which cancels slow drifts of the
+machine; encodings are interleaved round-robin. Load time is the engine compiling the filter without replaying anything.
 """
 
 from __future__ import annotations
@@ -64,10 +65,12 @@ class Encoding:
     description: str
     options: RulesOptions | None  # None: the 2022 tool's literal files
 
-    def texts(self, snapshot: Snapshot, sets: RelaySets) -> list[str]:
+    def texts(self, snapshot: Snapshot, sets: RelaySets, *, legacy: bool = False) -> list[str]:
+        """The rules text(s); ``legacy`` writes them in the legacy profile (no IPv6 networks) for the 2022 engine."""
         if self.options is None:
             return [text for _, text in sorted(render_2022(sets).items())]
-        return [build(snapshot, BuildOptions(rules=self.options)).text]
+        options = replace(self.options, falco_version="legacy") if legacy else self.options
+        return [build(snapshot, BuildOptions(rules=options)).text]
 
 
 def encodings(thresholds: Sequence[int] = (2, 8, 16, 32, 64), lossy_budgets: Sequence[int] = (16,)) -> list[Encoding]:
@@ -243,14 +246,15 @@ def run_bench(
     """
     sets = classify(snapshot)
     chosen = list(chosen or encodings())
-    texts = {e.name: e.texts(snapshot, sets) for e in chosen}
-    conditions = {name: _condition(t) for name, t in texts.items()}
     measurements: list[Measurement] = []
     baselines: dict[str, float] = {}
     versions: dict[str, str] = {}
     events_total = 0
     tor_total = 0
     for engine in engines:
+        legacy = engine.name == "sysdig-legacy"
+        texts = {e.name: e.texts(snapshot, sets, legacy=legacy) for e in chosen}
+        conditions = {name: _condition(t) for name, t in texts.items()}
         versions[engine.name] = engine.version()
         size = connections_for(engine) if connections_for else connections
         capture = workdir / f"bench-{size}.scap"
@@ -261,20 +265,29 @@ def run_bench(
         meta = json.loads((workdir / f"bench-{size}.json").read_text())
         if engine is engines[0]:
             events_total, tor_total = meta["events"], meta["tor"]
-        names = ["baseline", *conditions]
-        runs: dict[str, list[float]] = {n: [] for n in names}
+        # each encoding run is paired with a replay with no Tor rule just before it; the ratio of the pair cancels
+        # the slow drifts of a shared machine (CPU frequency, neighbours), the median of the ratios is reported
+        runs: dict[str, list[float]] = {n: [] for n in conditions}
+        ratios: dict[str, list[float]] = {n: [] for n in conditions}
+        base_runs: list[float] = []
         rss: dict[str, int] = {}
         matches: dict[str, int] = {}
+
+        def cost(condition: str, engine: Engine = engine, capture: Path = capture) -> tuple[float, int, int]:
+            run = engine.filter(capture, condition, ("evt.type",), timeout=3600)
+            return (run.cpu_s if run.cpu_s > 0 else run.wall_s), run.max_rss_kb, len(run.matches)
+
         for rep in range(repetitions):
-            for name in names:
+            for name, condition in conditions.items():
                 progress(f"{engine.name}: {name} (run {rep + 1}/{repetitions})")
-                run = engine.filter(
-                    capture, BASELINE_CONDITION if name == "baseline" else conditions[name], ("evt.type",), timeout=3600
-                )
-                runs[name].append(run.cpu_s if run.cpu_s > 0 else run.wall_s)
-                rss[name] = max(rss.get(name, 0), run.max_rss_kb)
-                matches[name] = len(run.matches)
-        base = statistics.median(runs["baseline"])
+                base_cost, _, _ = cost(BASELINE_CONDITION)
+                enc_cost, enc_rss, enc_matches = cost(condition)
+                base_runs.append(base_cost)
+                runs[name].append(enc_cost)
+                ratios[name].append(enc_cost / base_cost)
+                rss[name] = max(rss.get(name, 0), enc_rss)
+                matches[name] = enc_matches
+        base = statistics.median(base_runs)
         baselines[engine.name] = base
         base_load = _load_time(engine, BASELINE_CONDITION)
         for enc in chosen:
@@ -297,7 +310,7 @@ def run_bench(
                     load_s=max(0.0, _load_time(engine, conditions[enc.name]) - base_load),
                     max_rss_kb=rss[enc.name],
                     replay_s=median,
-                    relative=median / base,
+                    relative=statistics.median(ratios[enc.name]),
                     matches=matches[enc.name],
                     runs=tuple(runs[enc.name]),
                 )

@@ -28,13 +28,14 @@ import urllib.parse
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 from urllib3.util.retry import Retry
 
 from tor_sets import __version__
@@ -189,10 +190,10 @@ def _fast_address(text: str) -> IPAddress | None:
     """
     family, cls = (socket.AF_INET6, ipaddress.IPv6Address) if ":" in text else (socket.AF_INET, ipaddress.IPv4Address)
     try:
-        address: IPAddress = cls(socket.inet_pton(family, text))
-    except (OSError, ValueError):
+        packed = socket.inet_pton(family, text)
+    except OSError:
         return None
-    return address if str(address) == text else None
+    return cls(packed) if socket.inet_ntop(family, packed) == text else None
 
 
 def parse_address(text: object, *, with_port: bool) -> tuple[IPAddress | None, str | None]:
@@ -533,13 +534,14 @@ def fetch(settings: FetchSettings | None = None) -> FetchResult:
     url = settings.request_url
     headers: dict[str, str] = {}
     cache_dir = settings.cache_dir
-    cached: Snapshot | None = None
     if cache_dir is not None:
         meta = _read_cache_meta(cache_dir)
-        if meta.get("url") == url and isinstance(meta.get("last_modified"), str):
-            cached = cached_snapshot(cache_dir)
-            if cached is not None:
-                headers["If-Modified-Since"] = meta["last_modified"]
+        if (
+            meta.get("url") == url
+            and isinstance(meta.get("last_modified"), str)
+            and _cache_paths(cache_dir)[0].exists()
+        ):
+            headers["If-Modified-Since"] = meta["last_modified"]
     _resolve(url)
     try:
         with _session(settings) as session:
@@ -550,8 +552,12 @@ def fetch(settings: FetchSettings | None = None) -> FetchResult:
                 stream=True,
             )
             with response:
-                if response.status_code == 304 and cached is not None:
-                    return FetchResult(cached, True, headers["If-Modified-Since"])
+                if response.status_code == 304 and cache_dir is not None and headers:
+                    cached = cached_snapshot(cache_dir)  # parsed only now: a 304 is the common case
+                    if cached is not None:
+                        # same data as a live answer: same source, so the rules header (and file) stay the same
+                        return FetchResult(replace(cached, source=settings.url), True, headers["If-Modified-Since"])
+                    raise FetchError(f"HTTP 304 from {url} but the cached copy is unreadable", url=url)
                 if response.status_code != 200:
                     reason = (response.reason or "").strip()[:60]
                     raise FetchError(f"HTTP {response.status_code} {reason} from {url}".strip(), url=url)
@@ -567,6 +573,12 @@ def fetch(settings: FetchSettings | None = None) -> FetchResult:
         raise FetchError(f"cannot connect to {url}: {_root_cause(exc)}", url=url) from exc
     except requests.exceptions.RequestException as exc:
         raise FetchError(f"fetching {url} failed: {_root_cause(exc)}", url=url) from exc
+    except urllib3.exceptions.TimeoutError as exc:  # raised while streaming the body
+        raise FetchTimeout(f"timed out fetching {url} (the server stalled in the middle of the body)", url=url) from exc
+    except urllib3.exceptions.HTTPError as exc:  # connection broken while streaming the body
+        # e.g. ('Connection broken: IncompleteRead(20000 bytes read, 378959 more expected)', IncompleteRead(...))
+        reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else _root_cause(exc)
+        raise FetchError(f"fetching {url} failed while reading the body: {reason[:200]}", url=url) from exc
     snapshot = parse_document(body, source=settings.url)
     if cache_dir is not None:
         _store_cache(cache_dir, body, url, last_modified)

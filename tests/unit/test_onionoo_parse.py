@@ -7,10 +7,12 @@ import ipaddress
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tor_sets.build import build
 from tor_sets.errors import DocumentError
-from tor_sets.onionoo import parse_address, parse_document, read_snapshot
+from tor_sets.onionoo import _fast_address, parse_address, parse_document, read_snapshot
 from tor_sets.relays import Role, classify
 
 
@@ -178,3 +180,25 @@ def test_hostile_text_never_reaches_the_rules():
 def test_parse_or_address(text, expected):
     address, _ = parse_address(text, with_port=True)
     assert (str(address) if address else None) == expected
+
+
+_texts = st.one_of(
+    st.integers(0, 2**32 - 1).map(lambda i: str(ipaddress.IPv4Address(i))),
+    st.integers(0, 2**128 - 1).map(lambda i: str(ipaddress.IPv6Address(i))),
+    st.integers(0, 2**128 - 1).map(lambda i: ipaddress.IPv6Address(i).exploded),
+    st.integers(0, 2**32 - 1).map(lambda i: "::ffff:" + str(ipaddress.IPv4Address(i))),
+    st.text(alphabet="0123456789abcdefABCDEF:.", max_size=45),
+)
+
+
+@given(_texts)
+def test_fast_parsing_accepts_exactly_what_ipaddress_accepts(text):
+    try:
+        expected = ipaddress.ip_address(text)
+    except ValueError:
+        expected = None
+    fast = _fast_address(text)
+    # the fast path either declines (the caller then asks ipaddress) or agrees with ipaddress
+    assert fast is None or fast == expected
+    address, _ = parse_address(text, with_port=False)
+    assert address is None or address == expected

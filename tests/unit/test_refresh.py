@@ -1,0 +1,353 @@
+"""tor_sets.refresh and `tor-sets refresh`/`status` without network or engines: guards, validation, state, flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import doctest
+import json
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tor_sets import refresh as refresh_module
+from tor_sets.build import BuildOptions, build
+from tor_sets.cli import main
+from tor_sets.errors import RuleError, SanityError, TorSetsError
+from tor_sets.falco.generate import RulesOptions
+from tor_sets.refresh import (
+    Deployed,
+    Failure,
+    Guards,
+    RefreshOptions,
+    State,
+    Stop,
+    Stopped,
+    check_guards,
+    options_digest,
+    read_state,
+    refresh,
+    status,
+    validate_rules,
+)
+from tor_sets.relays import Role
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+
+def _doc(folder: Path, bundled_bytes: bytes, published: str, keep: float = 1.0) -> Path:
+    doc = json.loads(bundled_bytes)
+    doc["relays_published"] = published
+    doc["relays"] = doc["relays"][: int(len(doc["relays"]) * keep)]
+    path = folder / f"details-{published[:10]}-{keep}.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _options(out: Path, source: Path, **kw: object) -> RefreshOptions:
+    return RefreshOptions(output=out, input_path=source, validate="yaml", **kw)  # type: ignore[arg-type]
+
+
+def test_doctests():
+    assert doctest.testmod(refresh_module).failed == 0
+
+
+# ---------------------------------------------------------------------------------------------------- guards
+
+
+def _deployed(relays: int = 9491, **counts: int) -> Deployed:
+    base = {"entry_ipv4": 4177, "entry_ipv6": 1921, "exit_ipv4": 1217, "exit_ipv6": 815}
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    return Deployed(
+        "0" * 64, 1, datetime(2026, 2, 28, 1), relays, {**base, **counts}, "live", "u", "yaml", "d", now, now
+    )
+
+
+@pytest.mark.parametrize(
+    ("previous", "guards", "message"),
+    [
+        (None, Guards(), None),
+        (_deployed(), Guards(), None),
+        (_deployed(relays=20000), Guards(), r"running relays 20000 -> 9491 \(-53 %\)"),
+        (_deployed(exit_ipv6=2000), Guards(), r"^exit IPv6 addresses 2000 -> 815 \(-59 %\) since the last good"),
+        (_deployed(exit_ipv6=1600), Guards(), None),  # -49 %
+        (_deployed(exit_ipv6=2000), Guards(max_drop=0.6), None),
+        (_deployed(exit_ipv6=2000), Guards(max_drop=1.0), None),
+        (_deployed(entry_ipv4=9000, exit_ipv4=3000), Guards(), r"entry IPv4 .*, exit IPv4 addresses 3000 -> 1217"),
+        (_deployed(), Guards(min_relays=10000), r"^only 9491 running relays in the data \(at least 10000 required"),
+    ],
+)
+def test_guards(bundled, previous, guards, message):
+    built = build(bundled)
+    if message is None:
+        check_guards(bundled, built, guards, previous)
+        return
+    with pytest.raises(SanityError, match=message) as info:
+        check_guards(bundled, built, guards, previous)
+    assert info.value.exit_code == 5 and "\n" not in str(info.value)
+
+
+def test_counts_under_the_floor_are_not_compared(bundled):
+    few = dataclasses.replace(bundled, relays=bundled.relays[:20])
+    built = build(few, BuildOptions(rules=RulesOptions(rules=frozenset({"outbound"}), roles=frozenset({Role.ENTRY}))))
+    new = built.sets.counts()
+    assert 0 < new["entry_ipv4"] < 19 and new["exit_ipv6"] < 19
+    below = _deployed(relays=20, entry_ipv4=19, entry_ipv6=19, exit_ipv4=19, exit_ipv6=19)
+    check_guards(few, built, Guards(min_relays=0, max_drop=0.01), below)
+    above = _deployed(relays=20, entry_ipv4=100, entry_ipv6=19, exit_ipv4=19, exit_ipv6=19)
+    with pytest.raises(SanityError, match=r"^entry IPv4 addresses 100 -> \d+ \(-\d+ %\) since"):
+        check_guards(few, built, Guards(min_relays=0, max_drop=0.01), above)
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+
+
+def test_validate_yaml_accepts_built_rules_and_none_does_nothing(bundled):
+    text = build(bundled).text
+    assert validate_rules(text, "yaml") == "yaml"
+    assert validate_rules("not: [rules", "none") == "none"
+    with pytest.raises(ValueError, match="validate must be one of"):
+        validate_rules(text, "maybe")
+
+
+GOOD_RULE = "- rule: r\n  desc: d\n  condition: evt.type = connect\n  output: o\n  priority: WARNING\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- list: [unclosed\n", r"not valid YAML"),
+        ("rule: r\n", r"not a YAML sequence of items"),
+        ("", r"not a YAML sequence of items"),
+        ("- just a string\n", r"item 1 of the new rules is not a mapping"),
+        ("- list: l\n  items:\n" + GOOD_RULE, r"list 'l': 'items' is not a sequence"),
+        ("- rule: r\n  desc: d\n  condition: evt.type = connect\n  priority: WARNING\n", r"rule 'r': missing output"),
+        ("- list: l\n  items: [a]\n", r"holds no rule"),
+        (GOOD_RULE.replace("evt.type = connect", "tor_macro_missing and evt.type = connect"), r"cannot resolve"),
+        (GOOD_RULE.replace("evt.type = connect", "evt.type = = ("), r"the new rules failed validation"),
+    ],
+)
+def test_validate_yaml_refuses(text, message):
+    with pytest.raises(RuleError, match=message) as info:
+        validate_rules(text, "yaml")
+    assert info.value.exit_code == 6
+    assert str(info.value).startswith("the new rules failed validation: ")
+
+
+# ---------------------------------------------------------------------------------------------------- state
+
+
+def test_state_round_trip_and_broken_states(tmp_path):
+    at = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    state = State("/r/tor_rules.yaml", _deployed(), Failure(at, 4, "HTTP 503"), reload_pending=True)
+    path = tmp_path / "s.json"
+    path.write_text(state.to_json())
+    assert read_state(path) == state
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == 1 and list(doc) == sorted(doc)
+    assert read_state(tmp_path / "missing.json") is None
+    for broken in ("{", "[]", '{"schema": 99, "rules": "x"}', '{"schema": 1, "rules": "x", "deployed": {}}'):
+        path.write_text(broken)
+        with pytest.raises(TorSetsError, match="unreadable state file"):
+            read_state(path)
+
+
+def test_options_digest_is_stable_across_processes_and_follows_the_options():
+    options = BuildOptions(rules=RulesOptions(roles=frozenset({Role.ENTRY, Role.EXIT, Role.RELAY})))
+    code = (
+        "from tor_sets.build import BuildOptions; from tor_sets.falco.generate import RulesOptions; "
+        "from tor_sets.relays import Role; from tor_sets.refresh import options_digest; "
+        "print(options_digest(BuildOptions(rules=RulesOptions(roles=frozenset({Role.ENTRY, Role.EXIT, Role.RELAY})))))"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            env={"PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for seed in ("1", "2", "3")
+    }
+    assert digests == {options_digest(options)}
+    assert options_digest(BuildOptions(rules=RulesOptions(priority="NOTICE"))) != options_digest(BuildOptions())
+
+
+# ---------------------------------------------------------------------------------------------------- stop
+
+
+def test_stop_raises_between_steps_and_waits_inside_critical_sections():
+    stop = Stop()
+    stop.checkpoint()
+    with stop.critical():
+        stop.handle(signal.SIGTERM)  # recorded, not raised
+        assert stop.requested
+    with pytest.raises(Stopped) as info:
+        stop.checkpoint()
+    assert info.value.signum == signal.SIGTERM
+    with pytest.raises(Stopped):
+        Stop().handle(signal.SIGINT)
+    assert not isinstance(Stopped(15), Exception)  # no `except Exception` on the way swallows it
+
+
+# ---------------------------------------------------------------------------------------------------- refresh
+
+
+def test_write_unchanged_kept_and_options_change(tmp_path, bundled_bytes):
+    out = tmp_path / "rules.d" / "tor_rules.yaml"
+    march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
+    first = refresh(_options(out, march))
+    assert first.action == "wrote" and first.validated == "yaml" and first.reloaded is None
+    deployed = first.state.deployed
+    assert deployed is not None and deployed.origin == "file" and deployed.relays == 9491
+    assert deployed.counts["exit_ipv4"] == 1217 and deployed.source == str(march)
+    assert first.state.rules == str(out.absolute())
+    again = refresh(_options(out, march))
+    assert again.action == "unchanged" and again.validated is None
+    assert again.state.deployed is not None and again.state.deployed.changed_at == deployed.changed_at
+    february = _doc(tmp_path, bundled_bytes, "2026-02-01 00:00:00")
+    kept = refresh(_options(out, february))
+    assert kept.action == "kept" and "older than the deployed data of 2026-03-01 00:00 UTC" in kept.warnings[0]
+    text = out.read_text()
+    assert "relays_published: 2026-03-01 00:00:00 UTC" in text
+    notice = refresh(_options(out, march, build=BuildOptions(rules=RulesOptions(priority="NOTICE"))))
+    assert notice.action == "wrote" and "priority: NOTICE" in out.read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "tor_rules.yaml",
+        "tor_rules.yaml.lock",
+        "tor_rules.yaml.state.json",
+    ]
+
+
+def test_stale_is_reported_not_hidden(tmp_path, bundled_bytes):
+    out = tmp_path / "tor_rules.yaml"
+    march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
+    now = datetime(2026, 3, 1, 7, tzinfo=UTC)
+    fresh = refresh(_options(out, march, max_age=timedelta(hours=8)), now=lambda: now)
+    assert fresh.stale is None
+    stale = refresh(_options(out, march, max_age=timedelta(hours=6)), now=lambda: now)
+    assert stale.action == "unchanged"
+    assert stale.stale == (
+        "the newest good relay data (of 2026-03-01 00:00 UTC) is 7.0 h old, older than the allowed 6.0 h (--max-age)"
+    )
+
+
+def test_an_unreadable_state_is_replaced_with_a_warning(tmp_path, bundled_bytes, capsys):
+    out = tmp_path / "tor_rules.yaml"
+    march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
+    (tmp_path / "tor_rules.yaml.state.json").write_text("{not json")
+    assert main(["refresh", "-o", str(out), "--input", str(march), "--validate", "yaml"]) == 0
+    assert "unreadable state file" in capsys.readouterr().err
+    assert read_state(tmp_path / "tor_rules.yaml.state.json") is not None
+
+
+def test_cli_refresh_state_option_and_drop_guard(tmp_path, bundled_bytes, capsys):
+    out = tmp_path / "tor_rules.yaml"
+    state_file = tmp_path / "var" / "state.json"
+    march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
+    lock = tmp_path / "var" / "refresh.lock"
+    argv = ["refresh", "-o", str(out), "--validate", "yaml", "--state", str(state_file), "--lock", str(lock)]
+    assert main([*argv, "--input", str(march)]) == 0
+    assert state_file.exists() and lock.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tor_rules")) == ["tor_rules.yaml"]
+    assert main(["status", str(out), "--state", str(state_file)]) == 0
+    smaller = _doc(tmp_path, bundled_bytes, "2026-03-02 00:00:00", keep=0.45)
+    good = out.read_bytes()
+    capsys.readouterr()
+    assert main([*argv, "--input", str(smaller), "--min-relays", "100"]) == 5
+    assert "more than the allowed drop of 50 % (--max-drop)" in capsys.readouterr().err
+    assert main([*argv, "--input", str(smaller), "--min-relays", "100", "--max-drop", "70"]) == 0
+    assert out.read_bytes() != good
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-o", "-"],
+        ["-o", "x.yaml", "--offline"],
+        ["-o", "x.yaml", "--allow-fallback", "--no-fallback"],
+        ["-o", "x.yaml", "--reload-pid", "1", "--reload-cmd", "true"],
+        ["-o", "x.yaml", "--reload-cmd", "'unclosed"],
+        ["-o", "x.yaml", "--max-drop", "150"],
+        ["-o", "x.yaml", "--every", "0s"],
+        ["-o", "x.yaml", "--validate", "maybe"],
+        ["-o", "x.yaml", "--validate", "yaml", "--engine", "sysdig-modern"],
+        ["-o", "x.yaml", "--lock-timeout", "-1"],
+        [],
+    ],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["refresh", *argv])
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["refresh", "--help"])
+    out = capsys.readouterr().out
+    for line in (
+        "0    the rules were updated",
+        "4    upstream failure",
+        "5    a sanity guard tripped",
+        "6    validation failure",
+        "7    stale",
+        "--allow-fallback",
+        "--reload-cmd",
+        "--every",
+    ):
+        assert line in out
+    with pytest.raises(SystemExit):
+        main(["status", "--help"])
+    assert "1  it is missing, differs from the state" in capsys.readouterr().out
+
+
+def test_status_of_missing_built_and_refreshed_files(tmp_path, bundled_bytes, capsys):
+    out = tmp_path / "tor_rules.yaml"
+    assert main(["status", str(out)]) == 1
+    text = capsys.readouterr().out
+    assert "(missing)" in text and "no state file" in text
+    assert main(["build", "--offline", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 1
+    assert "relays_published 2026-02-28 01:00 UTC (from the header)" in capsys.readouterr().out
+    march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
+    assert main(["refresh", "-o", str(out), "--input", str(march), "--validate", "yaml"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "file:          intact" in text and "origin file" in text and "validated:     yaml" in text
+    assert main(["status", str(out), "--max-age", "6h"]) == 7
+    assert "STALE, older than --max-age" in capsys.readouterr().out
+    assert main(["status", str(out), "--json", "--max-age", "3650d"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == 1 and doc["stale"] is False and doc["matches_state"] is True
+    assert doc["state"]["deployed"]["relays_published"] == "2026-03-01 00:00:00"
+    assert list(doc) == sorted(doc)
+    found = status(out)
+    assert found.exists and found.matches and found.age is not None
+
+
+def test_the_loop_ends_with_exit_7_when_the_data_grows_stale(tmp_path, bundled_bytes):
+    from tor_sets.errors import StaleDataError
+    from tor_sets.refresh import run_every
+
+    march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
+    options = _options(tmp_path / "tor_rules.yaml", march, max_age=timedelta(hours=6))
+    outcomes: list[object] = []
+    with pytest.raises(StaleDataError, match=r"older than the allowed 6.0 h \(--max-age\)") as info:
+        run_every(options, timedelta(seconds=0.01), stop=Stop(), iterations=5, on_outcome=outcomes.append)
+    assert info.value.exit_code == 7 and len(outcomes) == 1  # deployed, reported, then the loop ended
+    assert (tmp_path / "tor_rules.yaml").exists()
