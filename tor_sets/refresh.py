@@ -23,7 +23,7 @@ The state file is the memory of the last good refresh: :func:`status` compares t
 different hash means someone edited the file), and the drop guard compares new counts with it. A failed run
 records its error in the state and leaves everything else as it was.
 
-Falco facts relied upon (/work/shared/docs/falco-facts.md): Falco watches its rules files and reloads on change,
+Falco facts relied upon (Falco documentation: rules, hot reload): Falco watches its rules files and reloads on change,
 SIGHUP also reloads, and Falco dry-runs new rules and keeps the old ones when they fail to load.
 """
 

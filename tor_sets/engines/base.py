@@ -13,7 +13,7 @@ has no such limit, then prints one JSON line per matching event. Events are labe
 (``evt.rawtime`` split into ``.s`` and ``.ns``, because Lua holds numbers as doubles) since event numbers differ
 between engines for the same capture.
 
-See docs: the engines note (/work/shared/docs/engines.md) and the capture format note (scap-format.md).
+See docs/ and the module docstrings of tor_sets.engines.install and tor_sets.scap.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Exports :func:`install` (parts ``legacy``, ``modern``, ``docker``; each step is 
 (a background ``dockerd`` that tor-sets started and only that one), :func:`docker_state`, and the values
 :class:`Step`, :class:`EngineStatus`, :class:`DockerState`.
 
-What each part does (see the engines note, /work/shared/docs/engines.md):
+What each part does (Debian packages and a debootstrap root; see docs/verify.md):
 
 * ``legacy``: ``apt-get install -y sysdig`` when ``/usr/bin/sysdig`` is missing (``apt-get update`` first only
   when the package lists are empty or the install fails).
