@@ -37,7 +37,7 @@ verify: $(STAMP) engines
 	$(BIN)/tor-sets verify --engine all; status=$$?; $(BIN)/tor-sets engines stop-docker || true; exit $$status
 
 bench: $(STAMP) engines
-	$(BIN)/tor-sets bench --output docs
+	$(BIN)/tor-sets bench --repetitions 5 --output docs
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -55,8 +55,8 @@ def test_bundled_rules_hold_exactly_entry_for_outbound_and_exit_for_inbound(bund
     assert matched_by(inbound, lists, macros, "fd.cip") == set(sets.exit)
     # the outbound rule never looks at the client end, the inbound rule never at the server end
     assert not matched_by(outbound, lists, macros, "fd.cip") and not matched_by(inbound, lists, macros, "fd.sip")
-    assert "accept4" in macros["tor_inbound_connection"]
-    assert "EINPROGRESS" in macros["tor_outbound_connection"] and "evt.dir" not in built.text
+    assert inbound.startswith("evt.type in (accept, accept4) and ") and inbound.endswith(" and evt.rawres >= 0")
+    assert outbound.startswith("evt.type = connect and ") and "EINPROGRESS" in outbound and "evt.dir" not in built.text
     # every address is written once
     values = [v for items in lists.values() for v in items]
     assert len(values) == len(set(values))

@@ -11,7 +11,7 @@ macros of the same names whose conditions ask the plugin instead of an address l
     - macro: tor_entry_relay_server
       condition: tor.server_is_entry = true
     - rule: Outbound Connection to Tor Entry Relay
-      condition: tor_outbound_connection and tor_entry_relay_server
+      condition: evt.type = connect and tor_entry_relay_server and (evt.rawres >= 0 or evt.res = EINPROGRESS)
 
 The relay addresses live in the plugin's table (:mod:`tor_sets.plugin.table`), which the plugin reloads when
 the file is replaced: refreshing detection never touches the rules. Load either these rules or the list-based
@@ -31,7 +31,7 @@ import yaml
 from tor_sets.build import Built
 from tor_sets.errors import SanityError
 from tor_sets.falco.emit import render
-from tor_sets.falco.generate import INBOUND_MACRO, INBOUND_RULE, OUTBOUND_MACRO, OUTBOUND_RELAY_RULE, OUTBOUND_RULE
+from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RELAY_RULE, OUTBOUND_RULE
 from tor_sets.falco.model import Item, Macro, Rule, RulesFile
 from tor_sets.relays import Role
 
@@ -84,7 +84,6 @@ ROLE_CONDITIONS: dict[str, str] = {
 }
 _ROLE_OF_RULE = {OUTBOUND_RULE: Role.ENTRY, OUTBOUND_RELAY_RULE: Role.RELAY, INBOUND_RULE: Role.EXIT}
 _ROLE_MACRO = {Role.ENTRY: "tor_entry_relay_server", Role.RELAY: "tor_relay_server", Role.EXIT: "tor_exit_relay_client"}
-_CONNECTION_MACROS = (OUTBOUND_MACRO, INBOUND_MACRO)
 _PLUGIN_OUTPUT = " tor_role=%tor.remote_role tor_fingerprint=%tor.fingerprint tor_nickname=%tor.nickname"
 _CONFIG_HEADER = (
     "# tor-sets plugin: tor.* fields for syscall events. Merge into falco.yaml: add torsets to the\n"
@@ -110,7 +109,6 @@ def plugin_rules_file(built: Built) -> RulesFile:
         SanityError: the build has no rule the plugin can express.
     """
     source = built.rules_file
-    macros = source.macros()
     items: list[Item] = []
     wanted = [rule for rule in source.rules().values() if rule.name in _ROLE_OF_RULE]
     if not wanted:
@@ -118,7 +116,6 @@ def plugin_rules_file(built: Built) -> RulesFile:
     for role in dict.fromkeys(_ROLE_OF_RULE[rule.name] for rule in wanted):
         name = _ROLE_MACRO[role]
         items.append(Macro(name, ROLE_CONDITIONS[name]))
-    items.extend(macros[name] for name in _CONNECTION_MACROS if name in macros)
     items.extend(
         Rule(
             name=rule.name,
