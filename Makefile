@@ -20,9 +20,10 @@ rules: $(STAMP)
 system-deps:
 	scripts/system-deps.sh
 
-## the real engines (legacy sysdig, sid's sysdig in a cached root and as a local Docker image)
+## the real engines (legacy sysdig, sid's sysdig in a cached root and as a local Docker image; valgrind in the root)
 engines: $(STAMP) system-deps
 	$(BIN)/tor-sets engines install all
+	$(BIN)/tor-sets engines install bench
 
 ## everything the tests need, then every test; a skipped integration test counts as a failure here
 test: $(STAMP) engines

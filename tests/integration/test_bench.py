@@ -31,6 +31,8 @@ def test_bench_runs_end_to_end_on_a_tiny_capture(tmp_path, capsys):
             "2,16",
             "--lossy-budgets",
             "8",
+            "--count-connections",
+            "0",
             "--output",
             str(tmp_path),
             "--json",
@@ -49,6 +51,34 @@ def test_bench_runs_end_to_end_on_a_tiny_capture(tmp_path, capsys):
     assert rows["lossy-8"]["false_positive_addresses"] > 0 and rows["hybrid-16"]["false_positive_addresses"] == 0
     assert rows["hybrid-16"]["rules_bytes"] < rows["literal-2022"]["rules_bytes"]
     assert doc["build_s"] > 0 and doc["build_peak_mb"] > 0
+    assert doc["counted_events"] == 0 and rows["hybrid-16"]["instructions_per_event"] is None
     md = (tmp_path / "benchmarks.md").read_text()
     assert "tor-sets bench" in md and "| `hybrid-16` |" in md
     assert (tmp_path / "benchmarks-sysdig-modern.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_instruction_counts_are_repeatable_and_see_network_scans(bundled, tmp_path):
+    engine = get_engine("sysdig-modern")
+    try:
+        engine.check()
+    except EngineUnavailable as exc:
+        pytest.skip(str(exc))
+    from tor_sets.bench import bench_capture, encodings, run_bench
+    from tor_sets.relays import classify
+
+    capture = tmp_path / "small.scap"
+    bench_capture(classify(bundled), capture, connections=300)
+    networks = ", ".join(f"198.51.{i // 256}.{i % 256}/32" for i in range(0, 2000))
+    plain = engine.count_instructions(capture, "evt.type = connect and fd.sip = 198.51.100.1")
+    again = engine.count_instructions(capture, "evt.type = connect and fd.sip = 198.51.100.1")
+    assert abs(plain - again) < 0.002 * plain  # only scratch-folder names differ between runs
+    scan = engine.count_instructions(capture, f"evt.type = connect and fd.snet in ({networks})")
+    loaded = engine.count_instructions(None, f"evt.type = connect and fd.snet in ({networks})")
+    assert scan - loaded > plain - engine.count_instructions(None, "evt.type = connect and fd.sip = 198.51.100.1")
+    # the benchmark turns those counts into per-event figures relative to no Tor rule
+    (hybrid,) = [e for e in encodings(thresholds=(16,), lossy_budgets=()) if e.name == "hybrid-16"]
+    result = run_bench(
+        bundled, [engine], tmp_path, connections=300, repetitions=1, chosen=[hybrid], count_connections=300
+    )
+    (m,) = result.measurements
+    assert result.counted_events > 1000 and m.instructions_per_event and m.relative_instructions > 1

@@ -49,6 +49,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument("--repetitions", type=int, default=3, help="runs per encoding; the median is kept")
     parser.add_argument(
+        "--count-connections",
+        type=int,
+        default=20_000,
+        help="capture size for the instruction counts on the modern engine (callgrind; needs "
+        "`tor-sets engines install bench`); 0 to skip (default: 20000)",
+    )
+    parser.add_argument(
         "--thresholds",
         default="2,8,16,32,64",
         help="expansion thresholds of the hybrid encodings (default: 2,8,16,32,64)",
@@ -93,12 +100,15 @@ def _engines(names: list[str]) -> list[Engine]:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.connections < 100 or args.legacy_connections < 100 or args.repetitions < 1:
-        raise UsageError("--connections and --legacy-connections need at least 100, --repetitions at least 1")
+    if args.connections < 100 or args.legacy_connections < 100 or args.repetitions < 1 or args.count_connections < 0:
+        raise UsageError(
+            "--connections and --legacy-connections need at least 100, --repetitions at least 1, "
+            "--count-connections at least 0"
+        )
     snapshot = read_snapshot(args.input) if args.input else bundled_snapshot()
     chosen = encodings(_ints(args.thresholds, "--thresholds"), _ints(args.lossy_budgets, "--lossy-budgets"))
     engines = _engines(args.engine)
-    command = "tor-sets " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""
+    command = "tor-sets bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""
     with tempfile.TemporaryDirectory(prefix="tor-sets-bench-") as tmp:
         result = run_bench(
             snapshot,
@@ -108,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             repetitions=args.repetitions,
             chosen=chosen,
             connections_for=lambda e: args.legacy_connections if e.name == "sysdig-legacy" else args.connections,
+            count_connections=args.count_connections,
             command=command or "tor-sets bench " + " ".join(f"--engine {e.name}" for e in engines),
             progress=lambda msg: log.info("%s", msg),
         )

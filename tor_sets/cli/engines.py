@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    tor-sets engines install [legacy|modern|docker|all]   set up engines (root; steps already done are skipped)
+    tor-sets engines install [legacy|modern|docker|bench|all]   set up engines (root; steps already done are skipped)
     tor-sets engines list [--json]                        every engine, present or not, and its version
     tor-sets engines stop-docker                          stop the dockerd that tor-sets started, if any
 
@@ -35,9 +35,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     inst.add_argument(
         "part",
         nargs="?",
-        choices=[*setup.PARTS, "all"],
+        choices=[*setup.PARTS, *setup.EXTRA_PARTS, "all"],
         default="all",
-        help="what to set up (default: all; docker includes the modern root it imports)",
+        help="what to set up (default: all = legacy, modern, docker; docker includes the modern root it imports; "
+        "bench adds valgrind to the modern root for instruction counts)",
     )
     lst = actions.add_parser("list", help="list every engine, present or not, with its version")
     lst.add_argument("--json", action="store_true", help="print one JSON document")

@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 #: the installable parts, in the order ``all`` installs them
 PARTS: tuple[str, ...] = ("legacy", "modern", "docker")
+#: parts only ``tor-sets bench`` needs, not included in ``all``
+EXTRA_PARTS: tuple[str, ...] = ("bench",)
+BENCH_PACKAGES: tuple[str, ...] = ("valgrind",)
 #: what the modern root gets beyond the minimal base
 MODERN_PACKAGES: tuple[str, ...] = ("sysdig", "libfalcosecurity0-dev")
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -288,6 +291,22 @@ def _modern(root: Path) -> tuple[bool, str]:
     return True, f"installed sysdig {root_sysdig_version(root)} in {root}"
 
 
+def _bench_tools(root: Path) -> tuple[bool, str]:
+    """valgrind inside the sid root: the benchmark counts the engine's instructions with callgrind."""
+    if (root / "usr/bin/valgrind").exists():
+        return False, "valgrind present in the sid root"
+    _need_root("bench")
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": CHROOT_PATH}
+    install_cmd = ["chroot", str(root), "apt-get", "install", "-y", "--no-install-recommends", *BENCH_PACKAGES]
+    try:
+        _run(install_cmd, "bench: apt-get install in the root", env=env)
+    except EngineError:
+        _run(["chroot", str(root), "apt-get", "update"], "bench: apt-get update in the root", env=env)
+        _run(install_cmd, "bench: apt-get install in the root", env=env)
+    _run(["chroot", str(root), "apt-get", "clean"], "bench: apt-get clean", env=env)
+    return True, f"installed valgrind in {root}"
+
+
 def root_sysdig_version(root: Path) -> str:
     """The upstream version of sysdig in a root, from its dpkg database (no chroot needed).
 
@@ -383,17 +402,21 @@ def install(names: Iterable[str], *, root: Path | None = None) -> tuple[Step, ..
     for name in names:
         if name == "all":
             wanted.update(PARTS)
-        elif name in PARTS:
+        elif name in PARTS or name in EXTRA_PARTS:
             wanted.add(name)
         else:
-            raise EngineUnavailable(f"unknown engine part {name!r} (choose from {', '.join(PARTS)}, all)")
+            raise EngineUnavailable(
+                f"unknown engine part {name!r} (choose from {', '.join((*PARTS, *EXTRA_PARTS))}, all)"
+            )
     root = root if root is not None else modern_root()
     steps: list[Step] = []
     with _lock():
         if "legacy" in wanted:
             steps.append(_step("legacy", "sysdig", _legacy))
-        if "modern" in wanted or "docker" in wanted:
+        if wanted & {"modern", "docker", "bench"}:
             steps.append(_step("modern", "sid root", lambda: _modern(root)))
+        if "bench" in wanted:
+            steps.append(_step("bench", "valgrind in the sid root", lambda: _bench_tools(root)))
         if "docker" in wanted:
             steps.append(_step("docker", "docker.io", _docker_packages))
             steps.append(_step("docker", "dockerd", _docker_daemon))
