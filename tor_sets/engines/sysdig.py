@@ -104,9 +104,9 @@ class SysdigModern(SysdigEngine):
         """Instructions the engine executes to load ``condition`` and replay ``capture`` (None: load only).
 
         Counted by valgrind's callgrind inside the root: the same for the same binary and inputs to within about
-        0.1 % (only scratch-folder names differ), so unlike CPU time it does not move with a busy machine. Valgrind needs ``/proc``; it is mounted in a
-        private mount namespace (``unshare --mount``) that disappears with the process, so nothing is ever left
-        mounted in the root.
+        0.1 % (only scratch-folder names differ), so unlike CPU time it does not move with a busy machine.
+        Valgrind needs ``/proc``; it is mounted in a private mount namespace (``unshare --mount``) that
+        disappears with the process, so nothing is ever left mounted in the root.
 
         Raises:
             EngineUnavailable: valgrind is not in the root (``tor-sets engines install bench``).
