@@ -24,7 +24,6 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from pathlib import Path
 from tor_sets import __version__
 from tor_sets.build import BuildOptions, build
 from tor_sets.engines import Engine
+from tor_sets.engines.base import run_process
 from tor_sets.errors import EngineUnavailable
 from tor_sets.falco.generate import RulesOptions
 from tor_sets.falco.legacy2022 import render_2022
@@ -220,7 +220,8 @@ def _fp(texts: Sequence[str], sets: RelaySets) -> int:
 
 
 def build_cost(python: str = sys.executable) -> tuple[float, float]:
-    """Seconds and peak MB of ``build()`` on the bundled snapshot (read, parse, classify, render), in a new process."""
+    """Seconds (median of 3 new processes) and peak MB of ``build()`` on the bundled snapshot (read, parse,
+    classify, render)."""
     code = (
         "import time, resource\n"
         "t = time.perf_counter()\n"
@@ -231,8 +232,14 @@ def build_cost(python: str = sys.executable) -> tuple[float, float]:
         "t1 = time.perf_counter()\n"
         "print(t1 - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
     )
-    out = subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.split()
-    return float(out[0]), float(out[1])
+    runs = []
+    for _ in range(3):
+        # started through the engines' small reaper: a child forked from this (large) process would be charged
+        # this process's memory as its peak
+        done = run_process([python, "-c", code], engine="build", timeout=300)
+        out = done.stdout.split()
+        runs.append((float(out[0]), float(out[1])))
+    return statistics.median(t for t, _ in runs), max(mb for _, mb in runs)
 
 
 def run_bench(
@@ -495,7 +502,7 @@ def write_report(result: BenchResult, out_dir: Path, *, default: str) -> list[Pa
 
 def _markdown(result: BenchResult, default: str) -> str:
     by = {(m.engine, m.encoding): m for m in result.measurements}
-    modern = next(iter(result.baseline))
+    modern = "sysdig-modern" if "sysdig-modern" in result.baseline else next(iter(result.baseline))
     lit = by.get((modern, "literal-2022"))
     best = by.get((modern, "addresses-only"))
     chosen = by.get((modern, default))
@@ -542,20 +549,22 @@ def _markdown(result: BenchResult, default: str) -> str:
             "## Choosing the default",
             "",
             "Targets on the modern engine: rules bytes <= 0.6x the 2022 tool's files, per-event cost <= 1.05x the",
-            "encoding that puts every address in hash-set address lists (the fastest complete encoding). Cost here",
+            "encoding that puts every address in hash-set address lists (the fastest complete encoding), and no",
+            "loss of evaluation speed against the 2022 tool's files (which do less: they skip accept4). Cost here",
             "is the engine's instructions per replayed event (valgrind's callgrind: the same count to within 0.1 %",
             "on every run, whatever else the machine does) when counted, else the CPU-time ratio.",
             "",
-            "| encoding | bytes / 2022 tool | cost / all-addresses | meets both |",
-            "|---|---:|---:|---|",
+            "| encoding | bytes / 2022 tool | cost / all-addresses | cost / 2022 tool | meets all three |",
+            "|---|---:|---:|---:|---|",
         ]
         for m in result.measurements:
             if m.engine != modern or m.encoding == "literal-2022":
                 continue
             size = m.rules_bytes / lit.rules_bytes
             cost = _cost(m) / _cost(best)
-            ok = size <= 0.6 and cost <= 1.05 and m.false_positive_addresses == 0
-            lines.append(f"| `{m.encoding}` | {size:.3f} | {cost:.3f} | {'yes' if ok else 'no'} |")
+            against_2022 = _cost(m) / _cost(lit)
+            ok = size <= 0.6 and cost <= 1.05 and against_2022 <= 1.0 and m.false_positive_addresses == 0
+            lines.append(f"| `{m.encoding}` | {size:.3f} | {cost:.3f} | {against_2022:.3f} | {'yes' if ok else 'no'} |")
         lines += [
             "",
             "Why: current libsinsp answers `fd.sip in (...)` with one hash lookup whatever the list's length, but",
@@ -564,7 +573,7 @@ def _markdown(result: BenchResult, default: str) -> str:
             "the widest exact blocks are a handful of exit farms), so keeping only the networks that replace many",
             "addresses gets almost all the size benefit while the scan stays a few entries long. Networks of fewer",
             f"addresses than the threshold are written as addresses; the default, `{default}`, is the smallest file",
-            "that stays within the cost target in the figures above. Everything-as-networks is the smallest exact",
+            "that meets all three targets in the figures above. Everything-as-networks is the smallest exact",
             "file and by far the slowest; lossy aggregation is smaller still but alerts on addresses that are no",
             "relay, so it stays opt-in.",
             "",

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: networks with fewer addresses than this are written as addresses (set from docs/benchmarks.md)
-DEFAULT_EXPAND_BELOW = 16
+DEFAULT_EXPAND_BELOW = 64
 
 
 def _blocks(values: list[int], bits: int) -> list[tuple[int, int]]:

@@ -97,8 +97,11 @@ SMALL = snapshot(
 )
 
 
+SIXTEEN = BuildOptions(rules=RulesOptions(expand_below=16))
+
+
 def test_small_snapshot_layout():
-    text = build(SMALL).text
+    text = build(SMALL, SIXTEEN).text
     _, lists, macros, _ = load(text)
     assert lists["tor_entry_only_ipv4_addresses"] == ["185.220.101.1", "185.220.104.5"]
     assert lists["tor_entry_only_ipv6_addresses"] == ["2a01:4f8::1"]
@@ -135,7 +138,7 @@ def test_profiles():
     assert "required_engine_version: 0.31.0" in current
     assert "required_engine_version: '26'" in build(SMALL, BuildOptions(rules=RulesOptions(falco_version="0.36"))).text
     v6net = snapshot(*[r(c, f"2a01:4f8::{i:x}") for i, c in enumerate("0123456789ABCDEF")])
-    entry_only = RulesOptions(rules=frozenset({"outbound"}), roles=frozenset({Role.ENTRY}))
+    entry_only = RulesOptions(rules=frozenset({"outbound"}), roles=frozenset({Role.ENTRY}), expand_below=16)
     modern = load(build(v6net, BuildOptions(rules=entry_only)).text)[1]
     assert modern["tor_entry_ipv6_networks"] == ["2a01:4f8::/124"]
     legacy_text = build(v6net, BuildOptions(rules=replace(entry_only, falco_version="legacy"))).text
