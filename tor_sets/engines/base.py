@@ -45,6 +45,7 @@ __all__ = [
     "Run",
     "SysdigEngine",
     "Workspace",
+    "raise_for_run",
     "run_process",
 ]
 
@@ -483,21 +484,39 @@ class SysdigEngine(Engine):
         args = ["-r", capture, "-c", ws.path(CHISEL_NAME), ws.path("spec")]
         argv = self._argv(args, ws)
         done = run_process(argv, engine=self.name, timeout=timeout, on_timeout=lambda: self._on_timeout(argv))
-        message = filter_error(done.stderr)
-        if message is not None:
-            raise RuleError(f"{self.name}: invalid condition: {message}")
-        unknown = re.search(r"chisel requesting nonexistent field (\S+)", done.stderr)
-        if unknown:
-            raise RuleError(f"{self.name}: unknown field {unknown[1]}")
-        if done.returncode != 0:
-            first = next((line for line in done.stderr.splitlines() if line.strip()), "no message")
-            raise EngineError(
-                f"{self.name}: sysdig failed (exit {done.returncode}): {first.strip()[:300]}",
-                engine=self.name,
-                returncode=done.returncode,
-                stderr=done.stderr_tail,
-            )
+        raise_for_run(self.name, done)
         return done
+
+
+def raise_for_run(engine: str, done: Completed, *, what: str = "sysdig", prefer: str | None = None) -> None:
+    """Map a finished sysdig run with the chisel to our errors; return quietly when it succeeded.
+
+    Args:
+        engine: engine name for messages.
+        done: the finished run.
+        what: how to name the run in the message (``sysdig``, ``sysdig with the plugin``).
+        prefer: quote the first stderr line containing this word, when there is one (e.g. ``plugin``).
+
+    Raises:
+        RuleError: the engine rejected the condition or a field.
+        EngineError: the engine failed otherwise.
+    """
+    message = filter_error(done.stderr)
+    if message is not None:
+        raise RuleError(f"{engine}: invalid condition: {message}")
+    unknown = re.search(r"chisel requesting nonexistent field (\S+)", done.stderr)
+    if unknown:
+        raise RuleError(f"{engine}: unknown field {unknown[1]}")
+    if done.returncode != 0:
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        preferred = [line for line in lines if prefer and prefer in line]
+        first = (preferred or lines or ["no message"])[0]
+        raise EngineError(
+            f"{engine}: {what} failed (exit {done.returncode}): {first[:300]}",
+            engine=engine,
+            returncode=done.returncode,
+            stderr=done.stderr_tail,
+        )
 
 
 @contextlib.contextmanager

@@ -16,7 +16,6 @@ import ipaddress
 import json
 import os
 import random
-import re
 import shutil
 import statistics
 from collections.abc import Sequence
@@ -28,9 +27,9 @@ from tor_sets.engines.base import (
     CHISEL_NAME,
     Run,
     chisel_source,
-    filter_error,
     parse_chisel_output,
     place,
+    raise_for_run,
     run_process,
     temporary_workspace,
     write_spec,
@@ -133,22 +132,7 @@ def replay(
             ws.path("spec"),
         ]
         done = run_process(argv, engine=engine.name, timeout=timeout)
-    message = filter_error(done.stderr)
-    if message is not None:
-        raise RuleError(f"{engine.name}: invalid condition: {message}")
-    unknown = re.search(r"chisel requesting nonexistent field (\S+)", done.stderr)
-    if unknown:
-        raise RuleError(f"{engine.name}: unknown field {unknown[1]}")
-    if done.returncode != 0:
-        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
-        plugin_lines = [line for line in lines if "plugin" in line]
-        first = (plugin_lines or lines or ["no message"])[0]
-        raise EngineError(
-            f"{engine.name}: sysdig with the plugin failed (exit {done.returncode}): {first[:300]}",
-            engine=engine.name,
-            returncode=done.returncode,
-            stderr=done.stderr_tail,
-        )
+    raise_for_run(engine.name, done, what="sysdig with the plugin", prefer="plugin")
     matches, _ = parse_chisel_output(done.stdout, fields, engine=engine.name)
     return Run(matches, done.wall_s, done.max_rss_kb, done.stderr_tail)
 

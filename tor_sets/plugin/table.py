@@ -38,16 +38,15 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-import os
 import re
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from tor_sets.build import write_rules
 from tor_sets.errors import SanityError, TorSetsError
 from tor_sets.relays import IPAddress, Relay, RelaySets
 
@@ -328,26 +327,4 @@ def write_table(path: Path | str, data: bytes, *, mode: int = 0o644) -> bool:
     Raises:
         TorSetsError: the folder cannot be written.
     """
-    path = Path(path)
-    try:
-        if path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    tmp: str | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), mode)
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        raise TorSetsError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-    return True
+    return write_rules(path, data, mode=mode)
