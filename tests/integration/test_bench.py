@@ -6,18 +6,14 @@ import json
 
 import pytest
 
+from tests.support.engines import engine_or_skip
 from tor_sets.cli import main
-from tor_sets.engines import get_engine
-from tor_sets.errors import EngineUnavailable
 
 pytestmark = pytest.mark.integration
 
 
 def test_bench_runs_end_to_end_on_a_tiny_capture(tmp_path, capsys):
-    try:
-        get_engine("sysdig-modern").check()
-    except EngineUnavailable as exc:
-        pytest.skip(str(exc))
+    engine_or_skip("sysdig-modern")
     code = main(
         [
             "bench",
@@ -58,11 +54,7 @@ def test_bench_runs_end_to_end_on_a_tiny_capture(tmp_path, capsys):
 
 
 def test_instruction_counts_are_repeatable_and_see_network_scans(bundled, tmp_path):
-    engine = get_engine("sysdig-modern")
-    try:
-        engine.check()
-    except EngineUnavailable as exc:
-        pytest.skip(str(exc))
+    engine = engine_or_skip("sysdig-modern")
     from tor_sets.bench import bench_capture, encodings, run_bench
     from tor_sets.relays import classify
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tor_sets.engines import FalcoDocker, SysdigLegacy, SysdigModern, get_engine
+from tests.support.engines import engine_or_skip
+from tor_sets.engines import FalcoDocker, SysdigLegacy, SysdigModern
 from tor_sets.engines import docker as _docker
 from tor_sets.engines import install as setup
 from tor_sets.engines.base import Engine, Match, Workspace, run_process
@@ -51,12 +52,7 @@ def docker_ready() -> Iterator[None]:
 def _engine(request: pytest.FixtureRequest, name: str) -> Engine:
     if "docker" in name:
         request.getfixturevalue("docker_ready")
-    engine = get_engine(name)
-    try:
-        engine.check()
-    except EngineUnavailable as exc:
-        pytest.skip(str(exc))
-    return engine
+    return engine_or_skip(name)
 
 
 @pytest.fixture(params=SYSDIG_ENGINES)

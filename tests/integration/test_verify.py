@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.engines import engine_or_skip
 from tor_sets.build import BuildOptions, build
 from tor_sets.cli import main
-from tor_sets.engines import get_engine
-from tor_sets.errors import EngineUnavailable
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE, RulesOptions
 from tor_sets.falco.legacy2022 import render_2022
 from tor_sets.falco.load import load_rules
@@ -21,15 +20,6 @@ from tor_sets.scenarios import make_scenario
 from tor_sets.verify import verify
 
 pytestmark = pytest.mark.integration
-
-
-def engine_or_skip(name):
-    engine = get_engine(name)
-    try:
-        engine.check()
-    except EngineUnavailable as exc:
-        pytest.skip(str(exc))
-    return engine
 
 
 @pytest.fixture(scope="module")
