@@ -671,7 +671,7 @@ def _obtain_live_or_fallback(settings: FetchSettings, *, offline: bool, fallback
     cached = cached_snapshot(settings.cache_dir) if settings.cache_dir is not None else None
     snapshot, origin = (cached, "cache") if cached is not None else (bundled_snapshot(), "bundled")
     warning = (
-        f"WARNING: live relay data unavailable ({failure}); using the {origin} snapshot of "
+        f"live relay data unavailable ({failure}); using the {origin} snapshot of "
         f"{snapshot.relays_published:%Y-%m-%d %H:%M} UTC, {_format_age(age(snapshot))} old"
     )
     return Obtained(snapshot, origin, warning)

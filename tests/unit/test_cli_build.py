@@ -19,6 +19,7 @@ def test_build_offline_writes_the_bundled_rules(tmp_path, capsys):
     assert main(["build", "--offline", "-o", str(out)]) == 0
     err = capsys.readouterr().err
     assert "WARNING: live relay data unavailable (offline mode); using the bundled snapshot of 2026-02-28" in err
+    assert "WARNING: WARNING" not in err
     assert f"wrote {out}" in err and "6620 list items" in err
     assert main(["build", "--offline", "-o", str(out)]) == 0
     assert f"unchanged {out}" in capsys.readouterr().err

@@ -193,7 +193,7 @@ def obtain_from_args(args: argparse.Namespace) -> Obtained:
         max_age=args.max_age,
     )
     if obtained.warning:
-        log.warning("%s", obtained.warning)
+        log.warning("WARNING: %s", obtained.warning)
     summary = obtained.snapshot.dropped_summary()
     if summary:
         log.warning("%s", summary)
