@@ -6,8 +6,6 @@ Exports :class:`BuildOptions`, :class:`Built`, :func:`build` (pure) and :func:`w
 from __future__ import annotations
 
 import ipaddress
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +15,7 @@ from tor_sets.errors import TorSetsError, UsageError
 from tor_sets.falco.emit import render
 from tor_sets.falco.generate import RulesOptions, generate
 from tor_sets.falco.model import RulesFile
+from tor_sets.files import atomic_write
 from tor_sets.relays import IPAddress, IPNetwork, RelaySets, Role, Snapshot, classify
 
 __all__ = ["BuildOptions", "Built", "build", "write_rules"]
@@ -121,25 +120,8 @@ def write_rules(path: Path | str, text: str | bytes, *, mode: int = 0o644) -> bo
             return False
     except OSError:
         pass
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), mode)
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, data, mode=mode)
     except OSError as exc:
         raise TorSetsError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
     return True

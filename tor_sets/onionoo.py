@@ -22,7 +22,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import time
 import urllib.parse
 import zlib
@@ -40,6 +39,7 @@ from urllib3.util.retry import Retry
 
 from tor_sets import __version__
 from tor_sets.errors import DocumentError, FetchError, FetchTimeout, StaleDataError
+from tor_sets.files import atomic_write
 from tor_sets.relays import IPAddress, Relay, Snapshot
 
 __all__ = [
@@ -417,26 +417,12 @@ def _read_cache_meta(cache_dir: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _store_cache(cache_dir: Path, body: bytes, url: str, last_modified: str | None) -> None:
     data_path, meta_path = _cache_paths(cache_dir)
     try:
-        _atomic_write(data_path, gzip.compress(body, compresslevel=6, mtime=0))
+        atomic_write(data_path, gzip.compress(body, compresslevel=6, mtime=0))
         meta = {"url": url, "last_modified": last_modified, "fetched_at": formatdate(usegmt=True)}
-        _atomic_write(meta_path, json.dumps(meta, sort_keys=True).encode())
+        atomic_write(meta_path, json.dumps(meta, sort_keys=True).encode())
     except OSError as exc:
         log.warning("could not update the download cache in %s: %s", cache_dir, exc.strerror or exc)
 

@@ -42,6 +42,7 @@ from tor_sets.engines import ENGINES, get_engine
 from tor_sets.engines import docker as _docker
 from tor_sets.engines.paths import LEGACY_SYSDIG, MODERN_IMAGE, MODERN_IMAGE_REPO, cache_dir, docker_dir, modern_root
 from tor_sets.errors import EngineError, EngineUnavailable
+from tor_sets.files import atomic_write
 
 __all__ = [
     "PARTS",
@@ -516,9 +517,7 @@ def _write_state(state: DockerState) -> None:
         "started_at": state.started_at,
         "started_by": "tor-sets",
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(doc, sort_keys=True) + "\n").encode())
 
 
 def stop_docker() -> DockerState | None:
