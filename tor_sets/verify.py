@@ -1,30 +1,31 @@
 """Replay labelled connections through real engines and say which rule fired for what.
 
-Exports :class:`RuleVerdict`, :class:`Verdict`, :func:`rule_expectation` and :func:`verify` (a scenario, a rules
-file and an engine in, a :class:`Verdict` value out: ``.ok``, and for every rule the expected, fired, missed and
-false-alarm connections). A failed verification is a value, not an exception; engine failures raise.
+Exports :class:`RuleVerdict`, :class:`Verdict`, :func:`rule_expectation`, :func:`judge` (pure: what each rule
+matched in, verdicts out) and :func:`verify` (a scenario, rules files and an engine in, a :class:`Verdict` value
+out: ``.ok``, and for every rule the expected, fired, missed and false-alarm connections). A failed verification
+is a value, not an exception; engine failures raise.
 
-Sysdig engines take a filter, not a rules file: each rule's condition is expanded by
-:mod:`tor_sets.falco.load` and replayed on its own. The Falco container takes the rules file as it is, with
-``rule_matching=all``, and its alerts are matched to connections by event timestamp.
+Every engine takes the rules files through one seam (:meth:`tor_sets.engines.Engine.replay`): real Falco runs
+them as they are, with ``rule_matching: all``; the sysdig engines expand each rule themselves. Matches are tied
+to connections by the event's timestamp, the label every engine shares.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tor_sets.engines import Engine
-from tor_sets.engines.falco import FalcoDocker
+from tor_sets.engines import Engine, Plugin
 from tor_sets.falco.generate import OUTBOUND_RELAY_RULE
-from tor_sets.falco.load import LoadedRule, RuleSet
+from tor_sets.falco.load import LoadedRule, RuleSet, load_rules
 from tor_sets.relays import Role
-from tor_sets.scenarios import Expectation, Labelled, Scenario, write_scenario
+from tor_sets.scenarios import Expectation, Scenario, write_scenario
 
-__all__ = ["RuleVerdict", "Verdict", "rule_expectation", "verify"]
+__all__ = ["RuleVerdict", "Verdict", "judge", "rule_expectation", "verify"]
 
 _FIELDS = ("evt.type", "fd.cip", "fd.sip", "fd.cport", "fd.sport", "proc.name", "evt.res")
 _SHOWN = 10
@@ -110,35 +111,51 @@ class Verdict:
         }
 
 
-def _judge(
-    engine: str, fired: dict[str, set[int]], rules: Sequence[LoadedRule], scenario: Scenario, by_ts: dict[int, Labelled]
+def judge(
+    engine: str,
+    fired: Mapping[str, frozenset[int]],
+    rules: Sequence[LoadedRule],
+    scenario: Scenario,
+    problems: Mapping[str, str] | None = None,
 ) -> list[RuleVerdict]:
-    """Verdicts for every rule. A connection counts as missed when no rule of its kind fired on it, so files that
-    split one kind over several rules (per family, like the 2022 tool's) are judged as a whole."""
+    """Verdicts for every rule, from the timestamps each rule fired on.
+
+    A connection counts as missed when no rule of its kind fired on it, so files that split one kind over several
+    rules (per family, like the 2022 tool's) are judged as a whole. A rule in ``problems`` could not be evaluated
+    by the engine: its verdict says why, and it takes no part in the union.
+    """
+    problems = problems or {}
+    by_ts = scenario.by_ts()
 
     def describe(ts: int) -> str:
         lab = by_ts.get(ts)
         return lab.describe() if lab else f"an event at {ts} that is no labelled connection"
 
-    kinds = {rule.name: rule_expectation(rule) for rule in rules}
+    evaluated = [rule for rule in rules if rule.name not in problems]
+    kinds = {rule.name: rule_expectation(rule) for rule in evaluated}
     union: dict[Expectation, set[int]] = {}
-    for rule in rules:
+    for rule in evaluated:
         kind = kinds[rule.name]
         if kind is not None:
-            union.setdefault(kind, set()).update(fired[rule.name])
-    out = []
-    for rule in rules:
+            union.setdefault(kind, set()).update(fired.get(rule.name, frozenset()))
+    out = [
+        RuleVerdict(engine, rule.name, None, 0, 0, problem=problems[rule.name])
+        for rule in rules
+        if rule.name in problems
+    ]
+    for rule in evaluated:
         kind = kinds[rule.name]
+        hits = fired.get(rule.name, frozenset())
         expected = scenario.expected(kind) if kind else frozenset()
         missed = sorted(expected - union.get(kind, set())) if kind else []
-        false = sorted(fired[rule.name] - expected)
+        false = sorted(hits - expected)
         out.append(
             RuleVerdict(
                 engine=engine,
                 rule=rule.name,
                 expectation=kind.value if kind else None,
                 expected=len(expected),
-                fired=len(fired[rule.name]),
+                fired=len(hits),
                 missed=tuple(describe(ts) for ts in missed),
                 false_alarms=tuple(describe(ts) for ts in false),
             )
@@ -147,53 +164,40 @@ def _judge(
 
 
 def verify(
-    rules: RuleSet,
-    rules_path: Path,
+    rules: Sequence[Path],
     scenario: Scenario,
     engine: Engine,
     *,
     workdir: Path | None = None,
     timeout: float = 600,
     expect: Sequence[Expectation] = (),
+    plugins: Sequence[Plugin] = (),
 ) -> Verdict:
-    """Replay ``scenario`` through ``engine`` and judge every enabled syscall rule of ``rules``.
+    """Replay ``scenario`` through ``engine`` against rules files and judge every enabled syscall rule.
 
     Args:
-        rules: the loaded rules file (conditions expanded).
-        rules_path: the same file on disk (the Falco container loads it as it is).
+        rules: the rules files, loaded in this order (each engine loads them its own way).
         scenario: labelled connections (:func:`tor_sets.scenarios.make_scenario`).
         engine: a real engine (:mod:`tor_sets.engines`).
-        workdir: where to write the capture (a temporary folder by default).
+        workdir: where to write the capture (``scenario.scap``, kept); a temporary folder by default.
+        timeout: seconds before an engine process is killed.
         expect: kinds of connection some rule must watch (a file without such a rule fails).
+        plugins: plugins the rules need.
 
     Raises:
+        RuleError: the rules do not load.
         EngineError: the engine failed (not: the rules missed something, which the verdict reports).
     """
-    by_ts = scenario.by_ts()
-    checked = [r for r in rules.rules.values() if r.enabled and r.source == "syscall"]
-    verdicts: list[RuleVerdict] = []
-    wall = 0.0
-    with tempfile.TemporaryDirectory(prefix="tor-sets-verify-", dir=workdir) as tmp:
-        capture = Path(tmp) / "scenario.scap"
+    ruleset: RuleSet = load_rules(*rules)
+    checked = [r for r in ruleset.rules.values() if r.enabled and r.source == "syscall"]
+    with contextlib.ExitStack() as stack:
+        folder = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tor-sets-verify-")))
+        folder.mkdir(parents=True, exist_ok=True)
+        capture = folder / "scenario.scap"
         write_scenario(scenario, capture)
-        fired: dict[str, set[int]] = {}
-        if isinstance(engine, FalcoDocker):
-            alerts = engine.alerts(capture, rules_path, timeout=timeout)
-            for rule in checked:
-                fired[rule.name] = {a.ts_ns for a in alerts if a.rule == rule.name}
-        else:
-            for rule in [r for r in checked if not r.complete]:
-                verdicts.append(
-                    RuleVerdict(
-                        engine.name, rule.name, None, 0, 0, problem=f"cannot expand: {', '.join(rule.unresolved)}"
-                    )
-                )
-            checked = [r for r in checked if r.complete]
-            for rule in checked:
-                run = engine.filter(capture, rule.expanded, _FIELDS, timeout=timeout)
-                wall += run.wall_s
-                fired[rule.name] = {m.ts_ns for m in run.matches}
-        verdicts.extend(_judge(engine.name, fired, checked, scenario, by_ts))
+        replay = engine.replay(capture, rules, fields=_FIELDS, plugins=plugins, rule_matching="all", timeout=timeout)
+    fired = {rule.name: replay.fired(rule.name) for rule in checked}
+    verdicts = judge(engine.name, fired, checked, scenario, replay.problems)
     watched = {v.expectation for v in verdicts}
     uncovered = tuple(f"no rule watches {kind.value} connections" for kind in expect if kind.value not in watched)
     counts = scenario.counts()
@@ -203,7 +207,7 @@ def verify(
         rules=tuple(verdicts),
         connections=counts["connections"],
         positives=counts["positive"],
-        wall_s=wall,
+        wall_s=replay.wall_s,
         uncovered=uncovered,
     )
 

@@ -25,9 +25,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tor_sets import provision as setup
 from tor_sets.engines import docker as _docker
-from tor_sets.engines import install as setup
 from tor_sets.errors import EngineError
+from tor_sets.provision import steps as install_steps
+from tor_sets.provision.docker import import_root
 from tor_sets.refresh import read_state
 
 pytestmark = pytest.mark.integration
@@ -62,12 +64,12 @@ def bookworm_root() -> Path:
     try:
         tmp.chmod(0o755)
         _run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(tmp)], timeout=1800)
-        setup._require_unmounted(tmp, "finish")
+        install_steps.require_unmounted(tmp, "finish")
         for leftover in (tmp / "var/cache/apt/archives").glob("*.deb"):
             leftover.unlink()
         os.rename(tmp, root)
     except BaseException:
-        setup._discard(tmp)
+        install_steps.discard(tmp)
         raise
     return root
 
@@ -137,7 +139,7 @@ def daemon() -> Iterator[None]:
 def image(daemon, tmp_path_factory) -> str:
     """The image built from deploy/Dockerfile on the local bookworm base."""
     if not _docker.image_present(BASE_IMAGE):
-        setup._import_root(bookworm_root(), BASE_IMAGE)
+        import_root(bookworm_root(), BASE_IMAGE, exclude=("./tmp/*",))
     previous = subprocess.run(
         [_docker.docker_cli(), "image", "inspect", "--format", "{{.Id}}", IMAGE], capture_output=True, text=True
     ).stdout.strip()

@@ -8,12 +8,12 @@ from collections.abc import Iterable
 
 import pytest
 
+from tor_sets import provision as setup
 from tor_sets.cli import engines as cli
-from tor_sets.engines import install as setup
 
 STATUS = (
     setup.EngineStatus("sysdig-modern", "sysdig 0.41.4 via chroot", True, version="0.41.4+repack"),
-    setup.EngineStatus("falco-docker", "Falco", False, reason="falco-docker: image not present"),
+    setup.EngineStatus("falco", "Falco", False, reason="falco: image not present"),
 )
 
 
@@ -31,7 +31,7 @@ def test_list_prints_a_table_on_stdout(monkeypatch: pytest.MonkeyPatch, capsys: 
     lines = out.splitlines()
     assert lines[0].split() == ["ENGINE", "PRESENT", "VERSION", "DETAIL"]
     assert lines[1].split()[:3] == ["sysdig-modern", "yes", "0.41.4+repack"]
-    assert lines[2].split()[:3] == ["falco-docker", "no", "-"]
+    assert lines[2].split()[:3] == ["falco", "no", "-"]
     assert err == ""
 
 
@@ -52,13 +52,15 @@ def test_list_json_is_one_sorted_document(monkeypatch: pytest.MonkeyPatch, capsy
     assert out == json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
 
-@pytest.mark.parametrize(("argv", "parts"), [([], ["all"]), (["docker"], ["docker"]), (["legacy"], ["legacy"])])
+@pytest.mark.parametrize(
+    ("argv", "parts"), [([], ["all"]), (["docker"], ["docker"]), (["legacy"], ["legacy"]), (["falco"], ["falco"])]
+)
 def test_install_passes_the_part(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], parts: list[str]
 ) -> None:
     seen: list[list[str]] = []
 
-    def install(names: Iterable[str]) -> tuple[setup.Step, ...]:
+    def install(names: Iterable[str], **kwargs: object) -> tuple[setup.Step, ...]:
         seen.append(list(names))
         return (setup.Step("legacy", "sysdig", False, "present", 0.0),)
 
@@ -72,7 +74,7 @@ def test_install_passes_the_part(
 
 def test_install_rejects_unknown_parts() -> None:
     with pytest.raises(SystemExit):
-        parse(["engines", "install", "falco"])
+        parse(["engines", "install", "falcon"])
 
 
 def test_stop_docker_reports_on_stderr(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

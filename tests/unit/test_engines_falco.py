@@ -1,4 +1,5 @@
-"""Unit tests of the Falco container engine: command lines, alert parsing, the filter wrapper (no Docker)."""
+"""Unit tests of the Falco engines without Falco: the per-run configuration, alert and ``-V`` parsing, the command
+lines (the real runs are in tests/integration/falco/)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import yaml
 from tor_sets.engines import docker as _docker
 from tor_sets.engines import falco
 from tor_sets.engines.base import Completed
-from tor_sets.engines.falco import FalcoDocker, falco_command, falco_image, filter_rules, parse_alerts, parse_time
+from tor_sets.engines.falco import FalcoContainer, FalcoLocal, falco_config, filter_rules, parse_validation
+from tor_sets.engines.paths import FalcoInstall
 from tor_sets.errors import EngineError, EngineUnavailable, RuleError
+from tor_sets.falco.alerts import parse_alerts, parse_time
 
 # Two alerts as Falco 0.42 prints them with json_output=true (one line each), between its end-of-run statistics.
 FALCO_STDOUT = "\n".join(
@@ -104,38 +107,6 @@ def test_parse_time_keeps_nanoseconds(text: str, ns: int) -> None:
     assert parse_time(text) == ns
 
 
-@pytest.mark.parametrize(
-    ("version", "image", "expected"),
-    [
-        (
-            "0.42.1",
-            "falcosecurity/falco:0.42.1",
-            "/usr/bin/falco -r /cap/rules.yaml -o engine.kind=replay -o engine.replay.capture_file=/cap/c.scap "
-            "-o json_output=true -o rule_matching=all -U",
-        ),
-        (
-            "0.38.0",
-            "falcosecurity/falco-no-driver:0.38.0",
-            "/usr/bin/falco -r /cap/rules.yaml -o engine.kind=replay -o engine.replay.capture_file=/cap/c.scap "
-            "-o json_output=true -o rule_matching=all -U",
-        ),
-        (
-            "0.36.2",
-            "falcosecurity/falco-no-driver:0.36.2",
-            "/usr/bin/falco -r /cap/rules.yaml -e /cap/c.scap -o json_output=true -o rule_matching=all -U",
-        ),
-        (
-            "0.32.2",
-            "falcosecurity/falco-no-driver:0.32.2",
-            "/usr/bin/falco -r /cap/rules.yaml -e /cap/c.scap -o json_output=true -U",
-        ),
-    ],
-)
-def test_falco_command_per_version(version: str, image: str, expected: str) -> None:
-    assert falco_image(version) == image
-    assert " ".join(falco_command(version, "/cap/rules.yaml", "/cap/c.scap")) == expected
-
-
 def test_filter_rules_keep_the_condition_verbatim() -> None:
     condition = 'evt.type in (connect, accept4) and fd.sip in (\'"10.0.0.1"\', 2001:db8::1) and proc.name != "a: b"'
     (rule,) = yaml.safe_load(filter_rules(condition, ("evt.type", "fd.sip")))
@@ -144,8 +115,87 @@ def test_filter_rules_keep_the_condition_verbatim() -> None:
     assert rule["priority"] == "DEBUG"
 
 
-class FakeDocker:
-    """Stands in for the docker client: records the command line, answers with canned output."""
+def test_falco_config_is_complete_and_owns_every_setting() -> None:
+    text = falco_config(
+        ["/cap/rules-0.yaml", "/cap/rules-1.yaml"],
+        capture="/cap/capture.scap",
+        plugins=[("torsets", "/cap/lib-torsets.so", '{"table":"/cap/t"}')],
+        fields=["evt.type", "fd.sip"],
+        rule_matching="first",
+    )
+    config = yaml.safe_load(text)
+    assert config["config_files"] == []  # no drop-in of the image or the host takes part
+    assert config["rules_files"] == ["/cap/rules-0.yaml", "/cap/rules-1.yaml"]
+    assert config["engine"] == {"kind": "replay", "replay": {"capture_file": "/cap/capture.scap"}}
+    assert config["load_plugins"] == ["torsets"]
+    assert config["plugins"] == [
+        {"name": "torsets", "library_path": "/cap/lib-torsets.so", "init_config": '{"table":"/cap/t"}'}
+    ]
+    assert config["append_output"] == [{"extra_fields": ["evt.type", "fd.sip"]}]
+    assert config["rule_matching"] == "first" and config["json_output"] is True
+    assert config["syslog_output"] == {"enabled": False} and config["log_syslog"] is False
+    assert config["webserver"] == {"enabled": False} and config["watch_config_files"] is False
+    assert "engine" not in yaml.safe_load(falco_config([], capture=None))
+
+
+# What Falco 0.44.1 prints for `falco -c CONFIG -V A -V B` with json_output (one line; shortened here).
+VALIDATION = json.dumps(
+    {
+        "falco_load_results": [
+            {
+                "errors": [],
+                "name": "/cap/rules-0.yaml",
+                "schema_valid": True,
+                "schema_warnings": [],
+                "successful": True,
+                "warnings": [],
+            },
+            {
+                "errors": [
+                    {
+                        "code": "LOAD_ERR_COMPILE_OUTPUT",
+                        "codedesc": "Error compiling output",
+                        "context": {"snippet": "  output: Outbound ... container_id=%container.id\n"},
+                        "message": "unknown filter: unexpected token after '",
+                    }
+                ],
+                "name": "/cap/rules-1.yaml",
+                "schema_valid": True,
+                "schema_warnings": [],
+                "successful": False,
+                "warnings": [
+                    {"code": "LOAD_DEPRECATED_ITEM", "codedesc": "Used deprecated item", "message": "evt.dir"}
+                ],
+            },
+        ]
+    },
+    separators=(",", ":"),
+)
+
+
+def test_parse_validation_gives_each_file_its_verdict() -> None:
+    ok, bad = parse_validation(
+        "Mon Nov 30 05:29:11 2026: Falco version: 0.44.1\n" + VALIDATION + "\n",
+        [Path("a.yaml"), Path("b.yaml")],
+        ["/cap/rules-0.yaml", "/cap/rules-1.yaml"],
+    )
+    assert (ok.path, ok.ok, ok.warnings, ok.message) == (Path("a.yaml"), True, (), "Ok")
+    assert (bad.path, bad.ok) == (Path("b.yaml"), False)
+    assert bad.message.splitlines()[0] == (
+        "LOAD_ERR_COMPILE_OUTPUT (Error compiling output): unknown filter: unexpected token after '"
+    )
+    assert bad.warnings == ("LOAD_DEPRECATED_ITEM (Used deprecated item): evt.dir",)
+
+
+def test_parse_validation_without_a_result_is_an_engine_error() -> None:
+    with pytest.raises(EngineError, match="printed no result"):
+        parse_validation("Error: unable to load plugin\n", [Path("a.yaml")], ["/cap/rules-0.yaml"])
+    with pytest.raises(EngineError, match="no verdict for a.yaml"):
+        parse_validation(VALIDATION, [Path("a.yaml")], ["/cap/other.yaml"])
+
+
+class FakeFalco:
+    """Stands in for the process seam: records the command line and the staged files, answers with canned output."""
 
     def __init__(self, stdout: str, returncode: int = 0, stderr: str = "") -> None:
         self.stdout, self.returncode, self.stderr = stdout, returncode, stderr
@@ -154,9 +204,12 @@ class FakeDocker:
 
     def __call__(self, argv: Sequence[str], **kwargs: Any) -> Completed:
         self.argv = list(argv)
-        mount = next(a for a in argv if a.endswith(":/cap:ro")).split(":")[0]
-        self.files = {p.name: p.read_text(errors="replace") for p in Path(mount).iterdir() if p.suffix == ".yaml"}
-        return Completed(tuple(argv), self.returncode, self.stdout, self.stderr, 1.5, 1000)
+        config = Path(argv[argv.index("-c") + 1])
+        if not config.exists():  # a container: the scratch folder is the mount's source
+            mount = next(a for a in argv if a.endswith(":/cap:ro")).split(":")[0]
+            config = Path(mount) / config.name
+        self.files = {p.name: p.read_text(errors="replace") for p in config.parent.iterdir() if p.suffix == ".yaml"}
+        return Completed(tuple(argv), self.returncode, self.stdout, self.stderr, 1.5, 1000, 0.5)
 
 
 @pytest.fixture
@@ -167,21 +220,46 @@ def fake_docker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("fake_docker")
-def test_alerts_runs_falco_in_replay_mode_without_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    fake = FakeDocker(FALCO_STDOUT)
+def test_container_runs_falco_without_network_on_its_own_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake = FakeFalco(FALCO_STDOUT)
     monkeypatch.setattr(falco, "run_process", fake)
     capture = tmp_path / "x.scap"
     capture.write_bytes(b"scap")
     rules = tmp_path / "tor.yaml"
     rules.write_text("- rule: r\n")
-    alerts = FalcoDocker().alerts(capture, rules)
-    assert len(alerts) == 2
+    alerts, done = FalcoContainer("0.44.1").alerts(capture, [rules])
+    assert len(alerts) == 2 and done.wall_s == 1.5
     argv = fake.argv
     assert argv[:6] == ["docker", "run", "--rm", "--network", "none", "--name"]
-    assert argv[argv.index("falcosecurity/falco:0.42.1") + 1 :] == falco_command(
-        "0.42.1", "/cap/rules.yaml", "/cap/capture.scap"
-    )
-    assert fake.files == {"rules.yaml": "- rule: r\n"}
+    assert argv[argv.index("tor-sets/falco:0.44.1") + 1 :] == ["/usr/bin/falco", "-c", "/cap/falco.yaml"]
+    assert fake.files["rules-0.yaml"] == "- rule: r\n"
+    assert yaml.safe_load(fake.files["falco.yaml"])["rules_files"] == ["/cap/rules-0.yaml"]
+
+
+def test_local_engine_runs_the_cached_root_through_its_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(
+        EngineUnavailable, match="falco-local: Falco is not installed; run `tor-sets engines install falco`"
+    ):
+        FalcoLocal().check()
+    runtime = tmp_path / "cache/tor-sets/engines/falco/0.44.1/runtime"
+    for name in ("usr/bin/falco", "usr/lib64/ld-linux-x86-64.so.2", "usr/lib/x86_64-linux-gnu/libc.so.6"):
+        (runtime / name).parent.mkdir(parents=True, exist_ok=True)
+        (runtime / name).write_bytes(b"")
+    (runtime / FalcoInstall.MANIFEST).write_text(json.dumps({"version": "0.44.1", "key": "k", "origin": "source"}))
+    engine = FalcoLocal()
+    engine.check()
+    assert engine.version() == "0.44.1"
+    assert engine._argv(["-c", "/x/falco.yaml"], None) == [
+        str(runtime / "usr/lib64/ld-linux-x86-64.so.2"),
+        "--library-path",
+        str(runtime / "usr/lib/x86_64-linux-gnu"),
+        str(runtime / "usr/bin/falco"),
+        "-c",
+        "/x/falco.yaml",
+    ]
 
 
 @pytest.mark.usefixtures("fake_docker")
@@ -195,10 +273,10 @@ def test_filter_turns_alerts_into_matches(monkeypatch: pytest.MonkeyPatch, tmp_p
             "time": "2018-08-10T23:30:56.118383143Z",
         }
     )
-    monkeypatch.setattr(falco, "run_process", FakeDocker(line + "\nEvents detected: 1\n"))
+    monkeypatch.setattr(falco, "run_process", FakeFalco(line + "\nEvents detected: 1\n"))
     capture = tmp_path / "x.scap"
     capture.write_bytes(b"scap")
-    run = FalcoDocker().filter(capture, "evt.type = connect", ("evt.type", "fd.sip", "proc.name"))
+    run = FalcoContainer("0.44.1").filter(capture, "evt.type = connect", ("evt.type", "fd.sip", "proc.name"))
     (match,) = run.matches
     assert (match.ts_ns, match.evt_type) == (1533943856118383143, "connect")
     assert dict(match.fields) == {"evt.type": "connect", "fd.sip": "2001:db8::3", "proc.name": "<NA>"}
@@ -208,44 +286,33 @@ def test_filter_turns_alerts_into_matches(monkeypatch: pytest.MonkeyPatch, tmp_p
 @pytest.mark.usefixtures("fake_docker")
 def test_rules_that_do_not_load_raise_rule_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     stderr = (
-        "Sat Sep 23 00:44:29 2017: Loading rules from:\n"
-        "Sat Sep 23 00:44:29 2017:    /cap/rules.yaml | schema validation: ok\n"
-        "Error: /cap/rules.yaml: Invalid\n"
-        "1 Errors:\nIn rules content: (/cap/rules.yaml:0:0)\n"
+        "Mon Nov 30 05:29:11 2026: Loading rules from:\n"
+        "Error: /cap/rules-0.yaml: Invalid\n"
+        "1 Errors:\nIn rules content: (/cap/rules-0.yaml:0:0)\n"
         "LOAD_ERR_COMPILE_CONDITION (Error compiling condition): unrecognized IPv4 address 1.2.3.4/24\n"
     )
-    monkeypatch.setattr(falco, "run_process", FakeDocker("", 1, stderr))
-    with pytest.raises(RuleError, match=r"rules do not load: Error: /cap/rules\.yaml: Invalid"):
-        FalcoDocker().compile("fd.sip in (1.2.3.4/24)")
+    monkeypatch.setattr(falco, "run_process", FakeFalco("", 1, stderr))
+    capture = tmp_path / "x.scap"
+    capture.write_bytes(b"scap")
+    with pytest.raises(RuleError, match=r"rules do not load: Error: /cap/rules-0\.yaml: Invalid"):
+        FalcoContainer("0.44.1").filter(capture, "fd.sip in (1.2.3.4/24)")
 
 
 @pytest.mark.usefixtures("fake_docker")
 def test_other_falco_failures_raise_engine_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(falco, "run_process", FakeDocker("", 1, "Unable to open capture: bad block\n"))
+    monkeypatch.setattr(falco, "run_process", FakeFalco("", 1, "Unable to open capture: bad block\n"))
     capture = tmp_path / "x.scap"
     capture.write_bytes(b"scap")
     with pytest.raises(EngineError, match="replay failed \\(exit 1\\): Unable to open capture") as info:
-        FalcoDocker().filter(capture, "evt.type = connect")
+        FalcoContainer("0.44.1").filter(capture, "evt.type = connect")
     assert not isinstance(info.value, RuleError)
 
 
-def test_missing_image_is_reported_without_pulling(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_pull(image: str, engine: str, *, timeout: float = 600) -> None:
-        raise AssertionError("must not pull")
-
+def test_missing_image_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_docker, "require_daemon", lambda engine: None)
     monkeypatch.setattr(_docker, "image_present", lambda image, engine="docker": False)
-    monkeypatch.setattr(_docker, "pull", no_pull)
     with pytest.raises(
-        EngineUnavailable, match=r"image falcosecurity/falco:0\.41\.0 not present and cannot be pulled: pulling is off"
+        EngineUnavailable,
+        match=r"falco: image tor-sets/falco:0\.44\.1 not present; run `tor-sets engines install falco`",
     ):
-        FalcoDocker("0.41.0").check()
-
-
-def test_pull_is_tried_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    pulled: list[str] = []
-    monkeypatch.setattr(_docker, "require_daemon", lambda engine: None)
-    monkeypatch.setattr(_docker, "image_present", lambda image, engine="docker": False)
-    monkeypatch.setattr(_docker, "pull", lambda image, engine, timeout=600: pulled.append(image))
-    FalcoDocker("0.36.2", pull=True).check()
-    assert pulled == ["falcosecurity/falco-no-driver:0.36.2"]
+        FalcoContainer("0.44.1").check()

@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 from tor_sets import engines
-from tor_sets.engines import install as setup
+from tor_sets import provision as setup
 from tor_sets.engines import paths
 from tor_sets.engines.base import Engine
 from tor_sets.errors import EngineError, EngineUnavailable
+from tor_sets.provision import docker as docker_part
+from tor_sets.provision import steps as install_steps
+from tor_sets.provision import sysdig as sysdig_part
 
 DPKG_STATUS = """\
 Package: sysdig
@@ -49,7 +52,7 @@ def test_paths_follow_xdg_and_the_override(private_cache: Path, monkeypatch: pyt
 
 
 def test_registry_is_a_plain_dict_of_classes() -> None:
-    assert set(engines.ENGINES) == {"sysdig-modern", "sysdig-modern-docker", "sysdig-legacy", "falco-docker"}
+    assert set(engines.ENGINES) == {"falco-local", "falco", "sysdig-modern", "sysdig-modern-docker", "sysdig-legacy"}
     for name, cls in engines.ENGINES.items():
         assert cls.name == name and cls.description
     assert isinstance(engines.get_engine("sysdig-legacy"), engines.SysdigLegacy)
@@ -57,7 +60,7 @@ def test_registry_is_a_plain_dict_of_classes() -> None:
         engines.get_engine("nope")
 
 
-def test_auto_prefers_modern(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_prefers_real_falco_then_modern(monkeypatch: pytest.MonkeyPatch) -> None:
     present = {"sysdig-legacy", "sysdig-modern-docker"}
 
     def check(self: Engine) -> None:
@@ -69,8 +72,12 @@ def test_auto_prefers_modern(monkeypatch: pytest.MonkeyPatch) -> None:
     assert engines.auto().name == "sysdig-modern-docker"
     present.add("sysdig-modern")
     assert engines.auto().name == "sysdig-modern"
+    present.add("falco")
+    assert engines.auto().name == "falco"
+    present.add("falco-local")
+    assert engines.auto().name == "falco-local"
     present.clear()
-    with pytest.raises(EngineUnavailable, match="no engine available: sysdig-modern: missing; "):
+    with pytest.raises(EngineUnavailable, match="no engine available: falco-local: missing; falco: missing; "):
         engines.auto()
 
 
@@ -87,22 +94,22 @@ def test_legacy_engine_names_the_install_command(tmp_path: Path) -> None:
 def test_root_sysdig_version_reads_dpkg(tmp_path: Path) -> None:
     (tmp_path / "var/lib/dpkg").mkdir(parents=True)
     (tmp_path / "var/lib/dpkg/status").write_text(DPKG_STATUS)
-    assert setup.root_sysdig_version(tmp_path) == "0.41.4"
+    assert sysdig_part.root_sysdig_version(tmp_path) == "0.41.4"
     (tmp_path / "var/lib/dpkg/status").write_text(DPKG_STATUS.replace("install ok installed", "deinstall ok", 1))
     with pytest.raises(EngineError, match="no installed sysdig package"):
-        setup.root_sysdig_version(tmp_path)
+        sysdig_part.root_sysdig_version(tmp_path)
 
 
 def test_mounts_under_finds_nested_mounts_deepest_first() -> None:
-    found = setup.mounts_under(Path("/"))
+    found = install_steps.mounts_under(Path("/"))
     assert "/" in found
     assert found == sorted(found, key=len, reverse=True)
-    assert setup.mounts_under(Path("/nonexistent-tor-sets-path")) == []
+    assert install_steps.mounts_under(Path("/nonexistent-tor-sets-path")) == []
 
 
 def test_install_rejects_unknown_parts() -> None:
-    with pytest.raises(EngineUnavailable, match="unknown engine part 'falco'"):
-        setup.install(["falco"])
+    with pytest.raises(EngineUnavailable, match="unknown engine part 'falcon'"):
+        setup.install(["falcon"])
 
 
 def test_install_skips_what_is_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,8 +119,8 @@ def test_install_skips_what_is_in_place(tmp_path: Path, monkeypatch: pytest.Monk
     root = tmp_path / "root"
     (root / "usr/bin").mkdir(parents=True)
     (root / "usr/bin/sysdig").write_text("")
-    monkeypatch.setattr(setup, "LEGACY_SYSDIG", sysdig)
-    monkeypatch.setattr(setup, "_run", _forbidden)
+    monkeypatch.setattr(paths, "LEGACY_SYSDIG", sysdig)
+    monkeypatch.setattr(install_steps, "run", _forbidden)
     steps = setup.install(["legacy", "modern"], root=root)
     assert [(s.part, s.name, s.done) for s in steps] == [("legacy", "sysdig", False), ("modern", "sid root", False)]
 
@@ -123,7 +130,7 @@ def _forbidden(argv: Sequence[str], what: str, **kwargs: object) -> str:
 
 
 class Recorder:
-    """Stands in for ``_run``: records commands, fails those matching ``fail_on`` (once each)."""
+    """Stands in for ``steps.run``: records commands, fails those matching ``fail_on`` (once each)."""
 
     def __init__(self, fail_on: Sequence[str] = ()) -> None:
         self.calls: list[list[str]] = []
@@ -153,22 +160,22 @@ def as_root(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("as_root")
 def test_apt_updates_only_when_lists_are_empty(monkeypatch: pytest.MonkeyPatch) -> None:
     rec = Recorder()
-    monkeypatch.setattr(setup, "_run", rec)
-    monkeypatch.setattr(setup, "_apt_lists_empty", lambda: False)
-    setup._apt_install(["sysdig"], "legacy")
+    monkeypatch.setattr(install_steps, "run", rec)
+    monkeypatch.setattr(install_steps, "_apt_lists_empty", lambda: False)
+    install_steps.apt_install(["sysdig"], "legacy")
     assert rec.calls == [["apt-get", "install", "-y", "sysdig"]]
     rec.calls.clear()
-    monkeypatch.setattr(setup, "_apt_lists_empty", lambda: True)
-    setup._apt_install(["sysdig"], "legacy")
+    monkeypatch.setattr(install_steps, "_apt_lists_empty", lambda: True)
+    install_steps.apt_install(["sysdig"], "legacy")
     assert rec.calls == [["apt-get", "update"], ["apt-get", "install", "-y", "sysdig"]]
 
 
 @pytest.mark.usefixtures("as_root")
 def test_apt_updates_and_retries_after_a_failed_install(monkeypatch: pytest.MonkeyPatch) -> None:
     rec = Recorder(fail_on=["apt-get install"])
-    monkeypatch.setattr(setup, "_run", rec)
-    monkeypatch.setattr(setup, "_apt_lists_empty", lambda: False)
-    setup._apt_install(["docker.io"], "docker")
+    monkeypatch.setattr(install_steps, "run", rec)
+    monkeypatch.setattr(install_steps, "_apt_lists_empty", lambda: False)
+    install_steps.apt_install(["docker.io"], "docker")
     assert rec.calls == [
         ["apt-get", "install", "-y", "docker.io"],
         ["apt-get", "update"],
@@ -178,7 +185,7 @@ def test_apt_updates_and_retries_after_a_failed_install(monkeypatch: pytest.Monk
 
 def test_steps_that_need_root_say_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(setup, "LEGACY_SYSDIG", tmp_path / "absent")
+    monkeypatch.setattr(paths, "LEGACY_SYSDIG", tmp_path / "absent")
     with pytest.raises(EngineUnavailable, match=r"legacy needs root: run `tor-sets engines install` as root"):
         setup.install(["legacy"])
 
@@ -186,9 +193,9 @@ def test_steps_that_need_root_say_so(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 @pytest.mark.usefixtures("as_root")
 def test_modern_builds_beside_the_final_root_and_renames(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     rec = Recorder()
-    monkeypatch.setattr(setup, "_run", rec)
+    monkeypatch.setattr(install_steps, "run", rec)
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
-    monkeypatch.setattr(setup, "root_sysdig_version", lambda root: "0.41.4")
+    monkeypatch.setattr(sysdig_part, "root_sysdig_version", lambda root: "0.41.4")
     root = tmp_path / "engines" / "sid-root"
     (step,) = setup.install(["modern"], root=root)
     assert step.done and (root / "usr/bin/sysdig").exists()
@@ -212,7 +219,7 @@ def test_modern_builds_beside_the_final_root_and_renames(monkeypatch: pytest.Mon
 
 @pytest.mark.usefixtures("as_root")
 def test_modern_never_leaves_a_half_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(setup, "_run", Recorder(fail_on=["apt-get install"]))
+    monkeypatch.setattr(install_steps, "run", Recorder(fail_on=["apt-get install"]))
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
     root = tmp_path / "engines" / "sid-root"
     with pytest.raises(EngineError, match="apt-get install in the root failed"):
@@ -222,9 +229,9 @@ def test_modern_never_leaves_a_half_root(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 @pytest.mark.usefixtures("as_root")
 def test_modern_clears_leftovers_of_an_interrupted_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(setup, "_run", Recorder())
+    monkeypatch.setattr(install_steps, "run", Recorder())
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/sbin/{name}")
-    monkeypatch.setattr(setup, "root_sysdig_version", lambda root: "0.41.4")
+    monkeypatch.setattr(sysdig_part, "root_sysdig_version", lambda root: "0.41.4")
     root = tmp_path / "engines" / "sid-root"
     (root.parent / "sid-root.tmp-dead/usr").mkdir(parents=True)
     setup.install(["modern"], root=root)
@@ -239,7 +246,7 @@ def test_a_stray_root_folder_without_sysdig_is_an_error(tmp_path: Path) -> None:
 
 
 def test_docker_state_ignores_a_pid_that_is_not_dockerd(private_cache: Path) -> None:
-    state = private_cache / "docker" / setup.STATE_FILE
+    state = private_cache / "docker" / docker_part.STATE_FILE
     state.parent.mkdir(parents=True)
     doc = {"pid": os.getpid(), "data_root": "/d", "log": "/l", "started_at": 1.0, "started_by": "tor-sets"}
     state.write_text(json.dumps(doc))

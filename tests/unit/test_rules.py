@@ -134,8 +134,11 @@ def test_options_change_what_is_written():
 
 
 def test_profiles():
-    current = build(SMALL).text
-    assert "required_engine_version: 0.31.0" in current
+    current = build(SMALL).text  # Falco 0.41 and later: container fields come from the plugin, which appends them
+    assert "required_engine_version: 0.50.0" in current and "%container." not in current
+    before_plugin = build(SMALL, BuildOptions(rules=RulesOptions(falco_version="0.37"))).text
+    assert "required_engine_version: 0.31.0" in before_plugin
+    assert "container_id=%container.id container_name=%container.name" in before_plugin
     assert "required_engine_version: '26'" in build(SMALL, BuildOptions(rules=RulesOptions(falco_version="0.36"))).text
     v6net = snapshot(*[r(c, f"2a01:4f8::{i:x}") for i, c in enumerate("0123456789ABCDEF")])
     entry_only = RulesOptions(rules=frozenset({"outbound"}), roles=frozenset({Role.ENTRY}), expand_below=16)

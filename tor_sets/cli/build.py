@@ -15,7 +15,7 @@ from tor_sets.build import BuildOptions, Built, build, parse_networks, write_rul
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
 from tor_sets.errors import UsageError
 from tor_sets.falco.generate import DEFAULT_TAGS, RulesOptions
-from tor_sets.falco.model import PRIORITIES
+from tor_sets.falco.model import CURRENT_FALCO, PRIORITIES
 from tor_sets.onionoo import DEFAULT_URL, FetchSettings, Obtained, default_cache_dir, obtain
 from tor_sets.relays import IPAddress, Role, Snapshot
 
@@ -104,7 +104,7 @@ def add_rules_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--falco-version",
-        default="0.37",
+        default=CURRENT_FALCO,
         help="oldest Falco the rules must load on; 0.31 or 'legacy' selects the legacy profile",
     )
     group.add_argument("--priority", type=_priority, default="WARNING", help="rule priority (default: warning)")

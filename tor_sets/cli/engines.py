@@ -2,7 +2,7 @@
 
 Subcommands::
 
-    tor-sets engines install [legacy|modern|docker|bench|all]   set up engines (root; steps already done are skipped)
+    tor-sets engines install [legacy|modern|docker|falco|bench|all]   set up engines (root; steps done are skipped)
     tor-sets engines list [--json]                        every engine, present or not, and its version
     tor-sets engines stop-docker                          stop the dockerd that tor-sets started, if any
 
@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
-from tor_sets.engines import install as setup
+from tor_sets import provision as setup
+from tor_sets.engines.paths import FALCO_SOURCE_ENV
 
 __all__ = ["add_parser", "run"]
 
@@ -28,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser = sub.add_parser(
         "engines",
         help="set up, list and stop the real rule engines",
-        description="Set up, list and stop the engines that replay captures (sysdig builds, Falco in Docker).",
+        description="Set up, list and stop the engines that replay captures: real Falco (run directly and in its "
+        "container image) and Debian's sysdig builds.",
     )
     actions = parser.add_subparsers(dest="engines_command", required=True, metavar="ACTION")
     inst = actions.add_parser("install", help="set up engines (needs root; idempotent)")
@@ -37,8 +41,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         nargs="?",
         choices=[*setup.PARTS, *setup.EXTRA_PARTS, "all"],
         default="all",
-        help="what to set up (default: all = legacy, modern, docker; docker includes the modern root it imports; "
-        "bench adds valgrind to the modern root for instruction counts)",
+        help="what to set up (default: all = legacy, modern, docker, falco; docker includes the modern root it "
+        "imports; falco pulls falcosecurity/falco where it can, else builds Falco from source; bench adds valgrind "
+        "to the modern root for instruction counts)",
+    )
+    inst.add_argument(
+        "--falco-source",
+        type=Path,
+        metavar="DIR",
+        help=f"folder holding falco-VERSION.tar.gz, libs-VERSION.tar.gz and driver-VERSION.tar.gz to build Falco "
+        f"from (default: ${FALCO_SOURCE_ENV})",
+    )
+    inst.add_argument("--falco-version", metavar="VERSION", help="which Falco release (default: the newest source)")
+    inst.add_argument(
+        "--no-pull", action="store_true", help="do not try the official Falco image first; build from source"
     )
     lst = actions.add_parser("list", help="list every engine, present or not, with its version")
     lst.add_argument("--json", action="store_true", help="print one JSON document")
@@ -49,7 +65,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     """Run ``tor-sets engines ACTION``; return the exit code."""
     if args.engines_command == "install":
-        steps = setup.install([args.part])
+        source = args.falco_source or (Path(os.environ[FALCO_SOURCE_ENV]) if os.environ.get(FALCO_SOURCE_ENV) else None)
+        steps = setup.install([args.part], falco_source=source, falco_version=args.falco_version, pull=not args.no_pull)
         done = sum(step.done for step in steps)
         print(f"tor-sets: engines: {done} step(s) done, {len(steps) - done} already in place", file=sys.stderr)
         return 0

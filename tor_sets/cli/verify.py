@@ -14,6 +14,7 @@ from tor_sets.build import BuildOptions, build, parse_networks, relay_sets
 from tor_sets.engines import ENGINES, PREFERENCE, Engine, auto, get_engine
 from tor_sets.errors import EngineUnavailable, UsageError
 from tor_sets.falco.load import load_rules
+from tor_sets.falco.model import CURRENT_FALCO
 from tor_sets.onionoo import bundled_snapshot, read_snapshot
 from tor_sets.relays import Snapshot
 from tor_sets.scenarios import make_scenario
@@ -61,7 +62,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="your own ranges: removed from built rules, and relays inside must not alert",
     )
     parser.add_argument(
-        "--falco-version", default="0.37", help="profile of the built rules for current engines (default: 0.37)"
+        "--falco-version",
+        default=CURRENT_FALCO,
+        help=f"profile of the built rules for current engines (default: {CURRENT_FALCO})",
     )
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the rules files and capture in DIR")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
@@ -107,12 +110,6 @@ def _rules_for(engine: Engine, snapshot: Snapshot, options: BuildOptions, folder
     return path
 
 
-def _concatenate(paths: list[Path], out: Path) -> Path:
-    """One file holding several rules files in order (for the Falco container, which takes one ``-r``)."""
-    out.write_text("\n".join("---\n" + p.read_text() for p in paths))
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
     if args.size < 10:
         raise UsageError("--size must be at least 10")
@@ -130,10 +127,9 @@ def run(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         for engine in engines:
             paths = args.rules or [_rules_for(engine, snapshot, options, folder)]
-            path = paths[0] if len(paths) == 1 else _concatenate(paths, folder / "combined.yaml")
             rules = load_rules(*paths)
             for warning in rules.warnings:
-                log.warning("%s: %s", path, warning)
+                log.warning("%s: %s", paths[-1], warning)
             scenario = make_scenario(
                 truth,
                 lists=rules.lists,
@@ -143,9 +139,13 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
             )
             log.info(
-                "replaying %d labelled connections through %s (%s)", len(scenario.connections), engine.name, path.name
+                "replaying %d labelled connections through %s (%s)",
+                len(scenario.connections),
+                engine.name,
+                ", ".join(p.name for p in paths),
             )
-            verdicts.append(verify(rules, path, scenario, engine, workdir=args.keep))
+            workdir = folder / engine.name if args.keep else None
+            verdicts.append(verify(paths, scenario, engine, workdir=workdir))
     ok = all(v.ok for v in verdicts)
     if args.json:
         doc = {"schema": SCHEMA, "ok": ok, "skipped": skipped, "verdicts": [v.to_json() for v in verdicts]}

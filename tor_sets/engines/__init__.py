@@ -1,17 +1,21 @@
 """Real rule engines that replay capture files.
 
-Exports the engine classes, the values they return (:class:`Match`, :class:`Run`, :class:`Alert`),
-:data:`ENGINES` (a plain dict from name to class), :func:`get_engine` and :func:`auto` (the best engine
-present). Setting engines up is :mod:`tor_sets.engines.install`'s job.
+One seam: :meth:`Engine.replay` takes a capture and rules files and returns, per rule, the events it matched
+(:class:`Replay`). Real Falco runs the files as they are (:class:`FalcoLocal`, :class:`FalcoContainer`); the
+sysdig builds (:class:`SysdigModern`, :class:`SysdigModernDocker`, :class:`SysdigLegacy`) expand each rule with
+tor-sets' own loader and stay as the second opinion and the 2022 engine. Exports the engine classes, the values
+they return (:class:`Match`, :class:`Run`, :class:`Replay`), :class:`Plugin`, :data:`ENGINES` (a plain dict from
+name to class), :func:`get_engine` and :func:`auto` (the best engine present). Setting engines up is
+:mod:`tor_sets.provision`'s job.
 
 >>> sorted(ENGINES)
-['falco-docker', 'sysdig-legacy', 'sysdig-modern', 'sysdig-modern-docker']
+['falco', 'falco-local', 'sysdig-legacy', 'sysdig-modern', 'sysdig-modern-docker']
 """
 
 from __future__ import annotations
 
-from tor_sets.engines.base import DEFAULT_FIELDS, Engine, Match, Run
-from tor_sets.engines.falco import Alert, FalcoDocker
+from tor_sets.engines.base import DEFAULT_FIELDS, Engine, Match, Plugin, Replay, Run
+from tor_sets.engines.falco import FalcoContainer, FalcoEngine, FalcoLocal
 from tor_sets.engines.sysdig import SysdigLegacy, SysdigModern, SysdigModernDocker
 from tor_sets.errors import EngineUnavailable
 
@@ -19,10 +23,13 @@ __all__ = [
     "DEFAULT_FIELDS",
     "ENGINES",
     "PREFERENCE",
-    "Alert",
     "Engine",
-    "FalcoDocker",
+    "FalcoContainer",
+    "FalcoEngine",
+    "FalcoLocal",
     "Match",
+    "Plugin",
+    "Replay",
     "Run",
     "SysdigLegacy",
     "SysdigModern",
@@ -32,14 +39,16 @@ __all__ = [
 ]
 
 ENGINES: dict[str, type[Engine]] = {
+    FalcoLocal.name: FalcoLocal,
+    FalcoContainer.name: FalcoContainer,
     SysdigModern.name: SysdigModern,
     SysdigModernDocker.name: SysdigModernDocker,
-    FalcoDocker.name: FalcoDocker,
     SysdigLegacy.name: SysdigLegacy,
 }
 
-#: the order :func:`auto` tries: current libs first (chroot is the fastest), the 2022 engine last
-PREFERENCE: tuple[str, ...] = ("sysdig-modern", "sysdig-modern-docker", "falco-docker", "sysdig-legacy")
+#: the order :func:`auto` tries: real Falco first (run directly, then in its container), then the sysdig builds of
+#: current libs (the second opinion), the 2022 engine last
+PREFERENCE: tuple[str, ...] = ("falco-local", "falco", "sysdig-modern", "sysdig-modern-docker", "sysdig-legacy")
 
 
 def get_engine(name: str) -> Engine:

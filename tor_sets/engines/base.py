@@ -13,7 +13,7 @@ has no such limit, then prints one JSON line per matching event. Events are labe
 (``evt.rawtime`` split into ``.s`` and ``.ns``, because Lua holds numbers as doubles) since event numbers differ
 between engines for the same capture.
 
-See docs/ and the module docstrings of tor_sets.engines.install and tor_sets.scap.
+See docs/verify.md and the module docstrings of tor_sets.provision and tor_sets.scap.
 """
 
 from __future__ import annotations
@@ -39,12 +39,16 @@ from tor_sets.errors import EngineError, EngineTimeout, EngineUnavailable, RuleE
 
 __all__ = [
     "DEFAULT_FIELDS",
+    "RULE_MATCHING",
     "Completed",
     "Engine",
     "Match",
+    "Plugin",
+    "Replay",
     "Run",
     "SysdigEngine",
     "Workspace",
+    "first_match_only",
     "raise_for_run",
     "run_process",
 ]
@@ -65,6 +69,8 @@ DEFAULT_FIELDS: tuple[str, ...] = (
 
 #: how sysdig prints a field without a value; the chisel prints JSON null, which becomes this
 NA = "<NA>"
+#: Falco's ``rule_matching`` settings: every matching rule alerts, or only the first in load order
+RULE_MATCHING = ("all", "first")
 
 CHISEL_NAME = "tor_sets_match.lua"
 STDERR_TAIL_CHARS = 4000
@@ -109,6 +115,94 @@ class Run:
     max_rss_kb: int
     stderr_tail: str = ""
     cpu_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plugin:
+    """A plugin a replay loads (Falco's ``plugins:`` entry; sysdig's ``-H LIBRARY:CONFIG``).
+
+    Attributes:
+        name: the name compiled into the library (Falco's ``load_plugins`` names it).
+        library: the shared library on this machine.
+        init_config: the plugin's configuration (a JSON object).
+        files: keys of ``init_config`` whose values are paths on this machine that the engine must be able to
+            read: an engine that runs in a chroot or a container copies them into its scratch folder and
+            rewrites the value.
+    """
+
+    name: str
+    library: Path
+    init_config: Mapping[str, object] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "init_config", MappingProxyType(dict(self.init_config)))
+
+    def staged(self, directory: Path, inside: Callable[[str], str]) -> tuple[str, str]:
+        """Copy the library and files into ``directory``; return the library's and config's view from the engine.
+
+        Raises:
+            EngineError: a file cannot be copied.
+        """
+        config = dict(self.init_config)
+        try:
+            library = directory / f"lib-{self.name}.so"
+            shutil.copyfile(self.library, library)
+            for key in self.files:
+                source = Path(str(config[key]))
+                target = directory / f"{self.name}-{key}{source.suffix}"
+                shutil.copyfile(source, target)
+                config[key] = inside(target.name)
+        except OSError as exc:
+            raise EngineError(f"cannot stage plugin {self.name}: {exc.strerror or exc}") from exc
+        return inside(library.name), json.dumps(config, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What one replay of a capture against rules files gave: the events each rule matched.
+
+    Attributes:
+        engine: the engine's name.
+        hits: for every enabled syscall rule of the files, the events it matched, in capture order (``()``
+            when it matched none).
+        problems: rules the engine could not evaluate, and why (a sysdig engine cannot expand a condition).
+        wall_s, cpu_s, max_rss_kb: measurements summed over the engine's processes.
+        stderr_tail: the end of the engine's stderr (its warnings).
+    """
+
+    engine: str
+    hits: Mapping[str, tuple[Match, ...]]
+    problems: Mapping[str, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    max_rss_kb: int = 0
+    stderr_tail: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hits", MappingProxyType(dict(self.hits)))
+        object.__setattr__(self, "problems", MappingProxyType(dict(self.problems)))
+
+    def fired(self, rule: str) -> frozenset[int]:
+        """Timestamps of the events ``rule`` matched."""
+        return frozenset(m.ts_ns for m in self.hits.get(rule, ()))
+
+
+def first_match_only(hits: Mapping[str, Sequence[Match]], order: Sequence[str]) -> dict[str, tuple[Match, ...]]:
+    """Falco's ``rule_matching: first``: each event stays only with the first rule (in ``order``) that matched it.
+
+    >>> a, b = Match(1, "connect"), Match(2, "connect")
+    >>> first_match_only({"r1": [a], "r2": [a, b]}, ["r1", "r2"])
+    {'r1': (Match(ts_ns=1, evt_type='connect', fields=mappingproxy({})),), 'r2': (Match(ts_ns=2, evt_type='connect', \
+fields=mappingproxy({})),)}
+    """
+    seen: set[int] = set()
+    out: dict[str, tuple[Match, ...]] = {}
+    for rule in order:
+        kept = tuple(m for m in hits.get(rule, ()) if m.ts_ns not in seen)
+        seen.update(m.ts_ns for m in kept)
+        out[rule] = kept
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +392,36 @@ class Engine(abc.ABC):
             EngineError: the engine failed otherwise.
         """
 
+    @abc.abstractmethod
+    def replay(
+        self,
+        capture: Path,
+        rules: Sequence[Path],
+        *,
+        fields: Sequence[str] = DEFAULT_FIELDS,
+        plugins: Sequence[Plugin] = (),
+        rule_matching: str = "all",
+        timeout: float = 600,
+    ) -> Replay:
+        """Replay ``capture`` against rules files loaded in order, as Falco would; the events each rule matched.
+
+        Falco engines run the files as they are; sysdig engines load them with tor-sets' own loader
+        (:mod:`tor_sets.falco.load`) and replay each enabled syscall rule's expanded condition.
+
+        Args:
+            capture: a capture file (.scap, plain or gzip).
+            rules: rules files, loaded in this order.
+            fields: fields to report for each match (printable fields only: no ``*net`` fields).
+            plugins: plugins to load.
+            rule_matching: ``all`` (every rule that matches an event) or ``first`` (Falco's default: only the
+                first in load order).
+            timeout: seconds before each engine process is killed.
+
+        Raises:
+            RuleError: the rules do not load.
+            EngineError: the engine failed otherwise (``EngineUnavailable``, ``EngineTimeout``).
+        """
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
@@ -448,16 +572,26 @@ class SysdigEngine(Engine):
             self._version = text.rsplit(" ", 1)[-1]
         return self._version
 
+    #: whether this sysdig can load plugins (``-H``; plugin API 3.3 and later)
+    supports_plugins: ClassVar[bool] = True
+
     def filter(
-        self, capture: Path, condition: str, fields: Sequence[str] = DEFAULT_FIELDS, *, timeout: float = 300
+        self,
+        capture: Path,
+        condition: str,
+        fields: Sequence[str] = DEFAULT_FIELDS,
+        *,
+        timeout: float = 300,
+        plugins: Sequence[Plugin] = (),
     ) -> Run:
-        """Replay ``capture`` through sysdig with the chisel; see :meth:`Engine.filter`."""
+        """Replay ``capture`` through sysdig with the chisel (and ``plugins`` loaded); see :meth:`Engine.filter`."""
         self.check()
         if not capture.is_file():
             raise EngineError(f"{self.name}: capture {capture} is not a file", engine=self.name)
         fields = tuple(fields)
         with self._workspace() as ws:
-            done = self._run_chisel(ws, self._capture_path(capture, ws), "filter", fields, condition, timeout)
+            capture_path = self._capture_path(capture, ws)
+            done = self._run_chisel(ws, capture_path, "filter", fields, condition, timeout, plugins)
         matches, vmhwm_kb = parse_chisel_output(done.stdout, fields, engine=self.name)
         rss = done.max_rss_kb if self.rss_from_child or vmhwm_kb < 0 else vmhwm_kb
         return Run(matches, done.wall_s, rss, done.stderr_tail, done.cpu_s)
@@ -476,15 +610,69 @@ class SysdigEngine(Engine):
                 stderr=done.stderr_tail,
             )
 
+    def replay(
+        self,
+        capture: Path,
+        rules: Sequence[Path],
+        *,
+        fields: Sequence[str] = DEFAULT_FIELDS,
+        plugins: Sequence[Plugin] = (),
+        rule_matching: str = "all",
+        timeout: float = 600,
+    ) -> Replay:
+        """Load ``rules`` with tor-sets' loader and replay each enabled syscall rule's expanded condition.
+
+        A rule whose condition cannot be expanded is reported in :attr:`Replay.problems`, not replayed.
+        """
+        from tor_sets.falco.load import load_rules  # the loader sits above the engines in the package
+
+        if rule_matching not in RULE_MATCHING:
+            raise RuleError(f"rule_matching must be one of {', '.join(RULE_MATCHING)}, not {rule_matching!r}")
+        ruleset = load_rules(*rules)
+        hits: dict[str, tuple[Match, ...]] = {}
+        problems: dict[str, str] = {}
+        wall = cpu = 0.0
+        rss = 0
+        tails = []
+        for rule in ruleset.rules.values():
+            if not rule.enabled or rule.source != "syscall":
+                continue
+            if not rule.complete:
+                problems[rule.name] = f"cannot expand: {', '.join(rule.unresolved)}"
+                continue
+            run = self.filter(capture, rule.expanded, fields, timeout=timeout, plugins=plugins)
+            hits[rule.name] = run.matches
+            wall += run.wall_s
+            cpu += run.cpu_s
+            rss = max(rss, run.max_rss_kb)
+            tails.append(run.stderr_tail)
+        if rule_matching == "first":
+            hits = first_match_only(hits, list(hits))
+        return Replay(self.name, hits, problems, wall, cpu, rss, "".join(tails)[-STDERR_TAIL_CHARS:])
+
     def _run_chisel(
-        self, ws: Workspace, capture: str, mode: str, fields: Sequence[str], condition: str, timeout: float
+        self,
+        ws: Workspace,
+        capture: str,
+        mode: str,
+        fields: Sequence[str],
+        condition: str,
+        timeout: float,
+        plugins: Sequence[Plugin] = (),
     ) -> Completed:
         (ws.host / CHISEL_NAME).write_bytes(chisel_source())
         write_spec(ws.host / "spec", mode, fields, condition)
-        args = ["-r", capture, "-c", ws.path(CHISEL_NAME), ws.path("spec")]
+        if plugins and not self.supports_plugins:
+            raise EngineUnavailable(f"{self.name}: this sysdig cannot load plugins", engine=self.name)
+        loads = []
+        for plugin in plugins:
+            library, config = plugin.staged(ws.host, ws.path)
+            loads += ["-H", f"{library}:{config}"]
+        args = [*loads, "-r", capture, "-c", ws.path(CHISEL_NAME), ws.path("spec")]
         argv = self._argv(args, ws)
         done = run_process(argv, engine=self.name, timeout=timeout, on_timeout=lambda: self._on_timeout(argv))
-        raise_for_run(self.name, done)
+        what = "sysdig with plugins" if plugins else "sysdig"
+        raise_for_run(self.name, done, what=what, prefer="plugin" if plugins else None)
         return done
 
 

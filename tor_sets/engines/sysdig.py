@@ -43,6 +43,7 @@ class SysdigLegacy(SysdigEngine):
 
     name = "sysdig-legacy"
     description = "host sysdig 0.29.3 (Debian 12, libs 2022-03)"
+    supports_plugins = False  # it predates the plugin API the tor-sets plugin needs
 
     def __init__(self, binary: Path = LEGACY_SYSDIG) -> None:
         super().__init__()

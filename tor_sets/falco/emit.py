@@ -119,6 +119,9 @@ def render(rules_file: RulesFile) -> str:
     parts = [f"# {line}".rstrip() + "\n" for line in rules_file.header]
     if rules_file.required_engine_version is not None:
         parts.append("\n" + _dump([{"required_engine_version": rules_file.required_engine_version}]))
+    if rules_file.required_plugins:
+        plugins = [{"name": name, "version": version} for name, version in rules_file.required_plugins]
+        parts.append("\n" + _dump([{"required_plugin_versions": plugins}]))
     for item in rules_file.items:
         parts.append("\n" + (_list_text(item) if isinstance(item, FalcoList) else _dump([_mapping(item)])))
     text = "".join(parts)
@@ -128,7 +131,8 @@ def render(rules_file: RulesFile) -> str:
 
 def _check(text: str, rules_file: RulesFile) -> None:
     loaded = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    items = [i for i in loaded if "required_engine_version" not in i] if isinstance(loaded, list) else None
+    preamble = ("required_engine_version", "required_plugin_versions")
+    items = [i for i in loaded if not any(k in i for k in preamble)] if isinstance(loaded, list) else None
     if items is None or len(items) != len(rules_file.items):
         raise RuleError("rendered rules do not load back as the same items")
     for item, back in zip(rules_file.items, items, strict=True):

@@ -20,7 +20,17 @@ from typing import Literal
 
 from tor_sets.compact import DEFAULT_EXPAND_BELOW, Compacted, aggregate_lossy, check_width, collapse, split
 from tor_sets.errors import SanityError
-from tor_sets.falco.model import PRIORITIES, FalcoList, Item, Macro, Profile, Rule, RulesFile, profile_for
+from tor_sets.falco.model import (
+    CURRENT_FALCO,
+    PRIORITIES,
+    FalcoList,
+    Item,
+    Macro,
+    Profile,
+    Rule,
+    RulesFile,
+    profile_for,
+)
 from tor_sets.relays import IPAddress, RelaySets, Role
 
 __all__ = [
@@ -43,11 +53,27 @@ OUTBOUND_CONDITION = "evt.type = connect and {relay} and (evt.rawres >= 0 or evt
 INBOUND_CONDITION = "evt.type in (accept, accept4) and {relay} and evt.rawres >= 0"
 _LEGACY_IPV6_EXPAND_LIMIT = 4096
 
-_OUTPUT_FIELDS = (
-    "connection=%fd.name lport=%fd.lport rport=%fd.rport fd_sip=%fd.sip fd_cip=%fd.cip "
-    "process=%proc.name pid=%proc.pid command=%proc.cmdline user=%user.name "
-    "container_id=%container.id container_name=%container.name image=%container.image.repository"
+#: the connection as client -> server, read from the socket tuple. Not ``fd.name``/``fd.lport``/``fd.rport``: which
+#: end is local is guessed from the interfaces Falco saw at start, so for a socket in another network namespace (a
+#: container, a pod) lport and rport come out swapped, and a socket received over a Unix socket prints
+#: ``connection=<unknown>`` (both seen live on Falco 0.44.1, docs/verify.md)
+_ENDS = "connection=%fd.cip:%fd.cport->%fd.sip:%fd.sport"
+#: the rest in upstream's field style for network rules (falcosecurity/rules falco_rules.yaml)
+_PROCESS_FIELDS = (
+    "fd_proto=%fd.l4proto evt_type=%evt.type evt_res=%evt.res user=%user.name user_uid=%user.uid "
+    "user_loginuid=%user.loginuid process=%proc.name proc_exepath=%proc.exepath parent=%proc.pname "
+    "command=%proc.cmdline terminal=%proc.tty"
 )
+#: before Falco 0.41 the container fields are the engine's own and rules name them; from 0.41 Falco appends them
+_CONTAINER_FIELDS = "container_id=%container.id container_name=%container.name"
+
+
+def _output(ends: str, profile: Profile) -> str:
+    """The output after ``|`` for a rule whose socket ends are described by ``ends``."""
+    parts = [ends, _PROCESS_FIELDS]
+    if profile.container_fields:
+        parts.append(_CONTAINER_FIELDS)
+    return " ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +84,8 @@ class RulesOptions:
         rules: ``outbound`` (connections to entry relays) and/or ``inbound`` (connections from exit relays).
         roles: roles to write lists for; ``relay`` makes the outbound rule watch every relay instead of entry.
         families: IP versions to cover (4, 6).
-        falco_version: the oldest Falco the rules must load on (``0.37``; ``0.31`` or ``legacy`` for the legacy
-            profile).
+        falco_version: the oldest Falco the rules must load on (``0.41``, the default, and later: no container
+            fields in outputs; ``0.37``-``0.40``: with them; ``0.31`` or ``legacy``: the legacy profile).
         priority, tags: of both rules.
         expand_below: networks with fewer addresses are written as addresses.
         list_names: ``tor-sets`` (deduplicated cells) or ``2022`` (the 2022 tool's names, one list per role).
@@ -73,7 +99,7 @@ class RulesOptions:
     rules: frozenset[str] = frozenset({"inbound", "outbound"})
     roles: frozenset[Role] = frozenset({Role.ENTRY, Role.EXIT})
     families: frozenset[int] = frozenset({4, 6})
-    falco_version: str = "0.37"
+    falco_version: str = CURRENT_FALCO
     priority: str = "WARNING"
     tags: tuple[str, ...] = DEFAULT_TAGS
     expand_below: int = DEFAULT_EXPAND_BELOW
@@ -281,7 +307,7 @@ def _rules(options: RulesOptions) -> list[Item]:
                 desc=f"A process connected to a {what}: the host may be starting to use Tor "
                 "(possible exfiltration, C2 over Tor or a compromised workload).",
                 condition=OUTBOUND_CONDITION.format(relay=role_macro(role)),
-                output=f"Outbound connection to a {what} | {_OUTPUT_FIELDS}",
+                output=f"Outbound connection to a {what} | {_output(_ENDS, options.profile)}",
                 priority=priority,
                 tags=options.tags,
             )
@@ -292,7 +318,7 @@ def _rules(options: RulesOptions) -> list[Item]:
                 name=INBOUND_RULE,
                 desc="A process accepted a connection from a Tor exit relay: someone reached this service through Tor.",
                 condition=INBOUND_CONDITION.format(relay=role_macro(Role.EXIT)),
-                output=f"Inbound connection from a Tor exit relay | {_OUTPUT_FIELDS}",
+                output=f"Inbound connection from a Tor exit relay | {_output(_ENDS, options.profile)}",
                 priority=priority,
                 tags=options.tags,
             )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "CURRENT_FALCO",
     "PRIORITIES",
     "FalcoList",
     "Item",
@@ -21,6 +22,9 @@ __all__ = [
     "RulesFile",
     "profile_for",
 ]
+
+#: the oldest Falco the default rules target: the first release whose container fields come from a plugin
+CURRENT_FALCO = "0.41"
 
 PRIORITIES = ("EMERGENCY", "ALERT", "CRITICAL", "ERROR", "WARNING", "NOTICE", "INFORMATIONAL", "DEBUG")
 
@@ -53,11 +57,20 @@ Item = FalcoList | Macro | Rule
 
 @dataclass(frozen=True, slots=True)
 class RulesFile:
-    """A whole rules file: header comment lines (without ``#``) and items in order."""
+    """A whole rules file: header comment lines (without ``#``) and items in order.
+
+    Attributes:
+        header: comment lines, without ``#``.
+        required_engine_version: the engine version the rules need (None: not declared).
+        items: lists, macros and rules, in order.
+        required_plugins: ``(name, minimum version)`` of each plugin whose fields the rules use: Falco then says
+            which plugin is missing instead of failing on an unknown field.
+    """
 
     header: tuple[str, ...]
     required_engine_version: str | None
     items: tuple[Item, ...]
+    required_plugins: tuple[tuple[str, str], ...] = ()
 
     def lists(self) -> dict[str, FalcoList]:
         return {i.name: i for i in self.items if isinstance(i, FalcoList)}
@@ -96,12 +109,17 @@ class Profile:
         falco_version: the oldest Falco version the rules must load on.
         required_engine_version: the value to declare, or None.
         ipv6_networks: the engine parses IPv6 CIDR values (libs 0.7 / Falco 0.32 on).
+        container_fields: ``container.*`` fields are built into the engine (before Falco 0.41); from 0.41 on they
+            come from the container plugin, which Falco appends to every output by itself
+            (``append_output: suggested_output``), so a rule that names them would not load without the plugin
+            and would print them twice with it.
     """
 
     name: str
     falco_version: str
     required_engine_version: str | None
     ipv6_networks: bool
+    container_fields: bool = False
 
 
 def profile_for(falco_version: str) -> Profile:
@@ -111,14 +129,18 @@ def profile_for(falco_version: str) -> Profile:
     ('0.31.0', '26')
     >>> profile_for("0.31").name, profile_for("legacy").ipv6_networks
     ('legacy', False)
+    >>> profile_for("0.40").container_fields, profile_for("0.41").container_fields
+    (True, False)
     """
     if falco_version in ("legacy", "current"):
-        falco_version = "0.31" if falco_version == "legacy" else "0.37"
+        falco_version = "0.31" if falco_version == "legacy" else CURRENT_FALCO
     try:
         major, minor = (int(p) for p in falco_version.split(".")[:2])
     except ValueError:
         raise ValueError(f"not a Falco version: {falco_version!r} (expected e.g. 0.37, 0.42.1 or legacy)") from None
     if (major, minor) < (0, 32):
-        return Profile("legacy", falco_version, None, ipv6_networks=False)
+        return Profile("legacy", falco_version, None, ipv6_networks=False, container_fields=True)
     known = max(v for v in _ENGINE_VERSIONS if v <= (major, minor))
-    return Profile("current", falco_version, _ENGINE_VERSIONS[known], ipv6_networks=True)
+    return Profile(
+        "current", falco_version, _ENGINE_VERSIONS[known], ipv6_networks=True, container_fields=(major, minor) < (0, 41)
+    )
