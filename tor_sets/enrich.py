@@ -33,7 +33,9 @@ What is added (relay-written text such as nicknames stays data: it is only ever 
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.server
+import io
 import ipaddress
 import json
 import logging
@@ -48,13 +50,17 @@ import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 import requests
 
 from tor_sets.errors import SanityError, TorSetsError
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RELAY_RULE, OUTBOUND_RULE
 from tor_sets.relays import IPAddress, Role, Snapshot
+from tor_sets.urls import redact_url
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = [
     "ADDRESS_FIELDS",
@@ -497,6 +503,21 @@ def enrich_stream(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _ascii_number(text: str, max_digits: int = 20) -> int | None:
+    """``text`` as a whole number written in ASCII digits (surrounding blanks allowed), else None.
+
+    ``str.isdigit`` also accepts ``²`` (which ``int`` then refuses) and Arabic-Indic or fullwidth digits (which
+    ``int`` reads); ``int`` refuses more than 4,300 digits. None of them reaches ``int`` here.
+
+    >>> _ascii_number(" 42"), _ascii_number("²"), _ascii_number("\\u0661"), _ascii_number("-1"), _ascii_number("9" * 21)
+    (42, None, None, None, None)
+    """
+    text = text.strip(" \t")
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``127.0.0.1:2801``, ``[::1]:2801``, ``localhost:2801``) → (IP literal, port).
 
@@ -508,8 +529,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     Raises:
         ValueError: not such an address.
     """
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    host, sep, port_text = text.strip().rpartition(":")
+    port = _ascii_number(port_text, max_digits=5)
+    if not sep or port is None or port > 65535:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -519,7 +541,7 @@ def parse_listen(text: str) -> tuple[str, int]:
         address = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"expected an IP address or localhost as HOST, got {host!r}") from None
-    return str(address), int(port)
+    return str(address), port
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,8 +557,15 @@ class ServerSettings:
         queue_size: alerts waiting to be forwarded; more are dropped with a warning.
         keep: enriched alerts kept for ``GET /alerts``.
         allow_remote: allow binding a non-loopback address.
-        max_connections: concurrent connections served; more are closed at once.
-        read_timeout: seconds a client may take to send its request.
+        max_connections: connections served at once. When all are taken, a new connection pushes out the one
+            that has waited longest for its request (a slow or idle client); when every one is busy answering,
+            the new one is closed at once.
+        request_timeout: seconds a client has to send a whole request, head and body, counted from when the
+            server starts waiting for it (for an idle keep-alive connection, from the end of the last answer);
+            slower clients are disconnected. Also the bound on sending each answer.
+        log_interval: seconds over which repeated warnings of one kind (malformed lines, a full forward queue,
+            forward failures, slow or surplus connections, refused requests) are summarised: the first few of
+            each kind are logged, the rest counted in one line when the interval is over.
     """
 
     host: str = "127.0.0.1"
@@ -548,42 +577,247 @@ class ServerSettings:
     keep: int = 1000
     allow_remote: bool = False
     max_connections: int = 64
-    read_timeout: float = 30.0
+    request_timeout: float = 10.0
+    log_interval: float = 10.0
 
     def check(self) -> None:
         """Check the settings before anything is bound.
 
         Raises:
             SanityError: a non-loopback address without ``allow_remote``.
-            TorSetsError: a forward URL that is not HTTP(S), or a body limit below 1.
+            TorSetsError: a forward URL that is not HTTP(S) (shown without its credentials), a body limit,
+                connection limit, request timeout or log interval that is not positive.
         """
         address = ipaddress.ip_address(self.host)
         if not address.is_loopback and not self.allow_remote:
             raise SanityError(f"refusing to listen on non-loopback address {self.host} (use --allow-remote)")
         if self.forward is not None:
-            url = urllib.parse.urlsplit(self.forward)
-            if url.scheme not in ("http", "https") or not url.hostname:
-                raise TorSetsError(f"--forward must be an http:// or https:// URL, got {self.forward!r}")
+            try:
+                url = urllib.parse.urlsplit(self.forward)
+                valid = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+            except ValueError:  # a bad port or IPv6 literal
+                valid = False
+            if not valid:
+                shown = redact_url(self.forward)
+                raise TorSetsError(f"--forward must be an http:// or https:// URL, got {shown!r}")
         if self.max_body < 1:
             raise TorSetsError("the body size limit must be positive")
+        if self.max_connections < 1:
+            raise TorSetsError("the connection limit must be positive")
+        if not self.request_timeout > 0 or not self.log_interval > 0:
+            raise TorSetsError("the request timeout and the log interval must be positive")
+
+
+#: the endpoint's repeated warnings, by kind: (lines logged per interval, the one summary line of the rest)
+_WARNINGS: dict[str, tuple[int, str]] = {
+    "malformed": (5, "enrich: %d more malformed line(s) skipped in the last %.1f s"),
+    "dropped": (5, "enrich: %d more alert(s) dropped on a full forward queue in the last %.1f s"),
+    "forward_failed": (1, "enrich: %d more forward failure(s) in the last %.1f s"),
+    "timed_out": (5, "enrich: %d more client(s) dropped at the request deadline in the last %.1f s"),
+    "evicted": (5, "enrich: %d more waiting connection(s) closed to make room in the last %.1f s"),
+    "refused": (5, "enrich: %d more new connection(s) closed, all busy, in the last %.1f s"),
+    "failed": (5, "enrich: %d more failed request(s) in the last %.1f s"),
+    "too_large": (5, "enrich: %d more too large bodies refused in the last %.1f s"),
+    "write_failed": (5, "enrich: %d more alert(s) not written in the last %.1f s"),
+}
+
+
+class _Throttle:
+    """One kind of warning, rate-limited: the first ``burst`` of an interval are logged, the rest only counted,
+    and the count is logged in one summary line once the interval is over (by the next warning of the kind or by
+    :meth:`flush`, which the server calls several times a second and at its end).
+
+    An interval opens with the first warning after the previous one closed, so a quiet endpoint logs nothing.
+
+    >>> throttle = _Throttle("%d more in the last %.1f s", burst=2, interval=10.0)
+    >>> [throttle.warn("line %d", n, now=float(n)) for n in range(5)]  # logs "line 0" and "line 1"
+    [True, True, False, False, False]
+    >>> throttle.flush(now=9.0), throttle.flush(now=12.0)  # the second logs "3 more in the last 12.0 s"
+    (0, 3)
+    """
+
+    def __init__(self, summary: str, *, burst: int, interval: float) -> None:
+        self.summary = summary
+        self.burst = burst
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._opened: float | None = None
+        self._logged = 0
+        self._held = 0
+
+    def warn(self, message: str, *args: object, now: float | None = None) -> bool:
+        """Log ``message % args`` unless this interval's ``burst`` is spent; return whether it was logged."""
+        with self._lock:
+            now = time.monotonic() if now is None else now
+            self._close(now, force=False)
+            if self._opened is None:
+                self._opened = now
+            if self._logged < self.burst:
+                self._logged += 1
+                log.warning(message, *args)
+                return True
+            self._held += 1
+            return False
+
+    def flush(self, *, now: float | None = None, force: bool = False) -> int:
+        """Close the interval if it is over (or ``force``): log the summary; return the count it gave (0: none)."""
+        with self._lock:
+            return self._close(time.monotonic() if now is None else now, force)
+
+    def _close(self, now: float, force: bool) -> int:
+        if self._opened is None or (not force and now - self._opened < self.interval):
+            return 0
+        held = self._held
+        if held:
+            log.warning(self.summary, held, now - self._opened)
+        self._opened, self._logged, self._held = None, 0, 0
+        return held
+
+
+class _Connections:
+    """The connections being served (at most ``limit``) and since when each has waited for its request.
+
+    A connection *waits* from the moment the server starts reading a request on it (its accept, or the end of
+    the previous answer on a keep-alive connection) until the request is read whole; it is *busy* while that
+    request is answered. When all places are taken, :meth:`admit` makes room by pushing out the connection that
+    has waited longest: a client that trickles its request, or sits idle, loses its place to a prompt one.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._waiting_since: dict[socket.socket, float | None] = {}  # None: busy
+        self._stopping = False
+
+    def admit(self, conn: socket.socket, now: float) -> tuple[bool, tuple[socket.socket, float] | None]:
+        """Take ``conn`` in, waiting since ``now``.
+
+        Returns:
+            Whether it was taken (not when every place is busy), and the connection pushed out to make room
+            with the seconds it had waited, if any; the caller hangs that one up.
+        """
+        with self._lock:
+            pushed = None
+            if len(self._waiting_since) >= self.limit:
+                waiting = [(since, c) for c, since in self._waiting_since.items() if since is not None]
+                if not waiting:
+                    return False, None
+                since, oldest = min(waiting, key=lambda item: item[0])
+                del self._waiting_since[oldest]
+                pushed = (oldest, now - since)
+            self._waiting_since[conn] = now
+            return True, pushed
+
+    def waiting(self, conn: socket.socket, now: float) -> bool:
+        """``conn`` waits for its next request from ``now`` on; False: it was pushed out or the server stops."""
+        with self._lock:
+            if self._stopping or conn not in self._waiting_since:
+                return False
+            self._waiting_since[conn] = now
+            return True
+
+    def busy(self, conn: socket.socket) -> None:
+        """``conn`` has sent its request whole and is being answered."""
+        with self._lock:
+            if conn in self._waiting_since:
+                self._waiting_since[conn] = None
+
+    def remove(self, conn: socket.socket) -> None:
+        """``conn`` is closed."""
+        with self._lock:
+            self._waiting_since.pop(conn, None)
+
+    def stop(self) -> list[socket.socket]:
+        """No more requests (see :meth:`waiting`): remove and return every waiting connection."""
+        with self._lock:
+            self._stopping = True
+            waiting = [c for c, since in self._waiting_since.items() if since is not None]
+            for conn in waiting:
+                del self._waiting_since[conn]
+            return waiting
+
+
+def _hang_up(conn: socket.socket) -> None:
+    """End a connection that another thread may be reading: its read returns at once with end of file."""
+    with contextlib.suppress(OSError):  # already gone
+        conn.shutdown(socket.SHUT_RDWR)
+
+
+class _RequestReader(io.RawIOBase):
+    """A connection's socket as a raw stream whose reads share one deadline per request (see :meth:`start`).
+
+    A per-read timeout lets a client keep a connection for ever by sending a byte before each read times out;
+    here every read only gets what is left of the request's time.
+    """
+
+    def __init__(self, conn: socket.socket) -> None:
+        super().__init__()
+        self._conn = conn
+        self._deadline = float("inf")
+        self.received = 0
+        self.expired = False
+
+    def start(self, timeout: float) -> None:
+        """A new request: it must arrive whole within ``timeout`` seconds from now."""
+        self._deadline = time.monotonic() + timeout
+        self.received = 0
+        self.expired = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        left = self._deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError("the request took longer than its deadline")
+            self._conn.settimeout(left)
+            count = self._conn.recv_into(buffer)
+        except TimeoutError:
+            self.expired = True
+            raise
+        self.received += count
+        return count
 
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128
     app: EnrichServer
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.app._slots.acquire(blocking=False):
-            log.warning("enrich: too many connections; closing one from %s", client_address[0])
+        app = self.app
+        admitted, pushed = app._connections.admit(request, time.monotonic())
+        if pushed is not None:
+            oldest, waited = pushed
+            _hang_up(oldest)
+            app._count("evicted")
+            app._warn(
+                "evicted",
+                "enrich: all %d connections taken; closed the one that had waited %.2f s for its request",
+                app.settings.max_connections,
+                waited,
+            )
+        if not admitted:
+            app._count("refused")
+            app._warn("refused", "enrich: all connections busy; closing a new one from %s", client_address[0])
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            app._connections.remove(request)
+            raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.app._slots.release()
+            self.app._connections.remove(request)
+
+    def service_actions(self) -> None:
+        """Called by ``serve_forever`` several times a second: log the summaries of closed intervals."""
+        self.app._flush_warnings()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up or stalls is routine: one debug line, not a traceback on stderr."""
@@ -591,7 +825,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
         if isinstance(error, ConnectionError | TimeoutError):
             log.debug("enrich: connection from %s ended: %s", client_address[0], error)
             return
-        log.warning("enrich: request from %s failed: %r", client_address[0], error)
+        self.app._warn("failed", "enrich: request from %s failed: %r", client_address[0], error)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -601,12 +835,38 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.server.app.settings.read_timeout)
+        self.rfile.close()  # the plain socket file: replaced by one whose reads share the request's deadline
+        self._reader = _RequestReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        app = self.server.app
+        if not app._connections.waiting(self.connection, time.monotonic()):
+            self.close_connection = True
+            return
+        self._reader.start(app.settings.request_timeout)
+        super().handle_one_request()
+        if self._reader.expired:
+            self.close_connection = True
+            if self._reader.received:  # not an idle keep-alive connection: a slow client
+                app._count("timed_out")
+                app._warn(
+                    "timed_out",
+                    "enrich: dropped a client at %s that took longer than %g s to send its request",
+                    self.client_address[0],
+                    app.settings.request_timeout,
+                )
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("enrich: %s %s", self.address_string(), format % args)
 
+    def _busy(self) -> None:
+        """The request is read: the connection cannot be pushed out now, and sending the answer is bounded."""
+        self.server.app._connections.busy(self.connection)
+        self.connection.settimeout(self.server.app.settings.request_timeout)
+
     def _reply(self, status: int, body: bytes, content_type: str = "application/json", close: bool = False) -> None:
+        self._busy()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -625,13 +885,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._error(411, "a Content-Length is required")
             return
         length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.strip().isdigit():
+        if length_text is None:
             self._error(411, "a Content-Length is required")
             return
-        length = int(length_text)
+        length = _ascii_number(length_text)
+        if length is None:
+            self._error(400, "the Content-Length is not a number")
+            return
         if length > app.settings.max_body:
             app._count("too_large")
-            log.warning(
+            app._warn(
+                "too_large",
                 "enrich: refused a %d-byte body from %s (limit %d)",
                 length,
                 self.client_address[0],
@@ -641,9 +905,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         try:
             body = self.rfile.read(length)
-        except OSError:
+        except OSError:  # the deadline passed (counted by handle_one_request), or the client is gone
             self.close_connection = True
             return
+        self._busy()
         if len(body) != length:
             self._error(400, "body shorter than its Content-Length")
             return
@@ -652,7 +917,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._reply(status, json.dumps(stats.to_json(), sort_keys=True).encode() + b"\n")
 
     def do_GET(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
+        self._busy()
+        try:
+            url = urllib.parse.urlsplit(self.path)
+        except ValueError:  # e.g. an unclosed "[" taken for an IPv6 host
+            self._error(400, "not a valid path")
+            return
         if url.path == "/healthz":
             self._reply(200, b"ok\n", "text/plain")
             return
@@ -662,9 +932,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not ipaddress.ip_address(self.client_address[0].split("%", 1)[0]).is_loopback:
             self._error(403, "recent alerts are only served to loopback clients")
             return
-        query = urllib.parse.parse_qs(url.query)
-        after_text = query.get("after", ["0"])[0]
-        after = int(after_text) if after_text.isdigit() else 0
+        after = _ascii_number(urllib.parse.parse_qs(url.query).get("after", ["0"])[0])
+        if after is None:
+            self._error(400, "after must be a whole number")
+            return
         self._reply(200, self.server.app.recent_json(after))
 
 
@@ -673,12 +944,18 @@ class EnrichServer:
 
     ``POST`` (any path): the body is one alert (Falco's ``http_output``, falcosidekick's webhook; pretty-printed
     JSON is fine) or several, one per line; the answer counts them (``{"enriched":1,"lines":1,...}``; 400 when
-    nothing in it was a JSON object, 411 without Content-Length, 413 over the size limit). Each alert is
-    forwarded in a request of its own from a bounded queue by one background thread, so a slow or dead
-    receiver never blocks Falco; failures are logged (rate-limited) and counted, never raised.
+    nothing in it was a JSON object or the Content-Length is no number, 411 without Content-Length, 413 over the
+    size limit). Each alert is forwarded in a request of its own from a bounded queue by one background thread,
+    so a slow or dead receiver never blocks Falco; redirects are not followed; failures are logged
+    (rate-limited) and counted, never raised.
 
     ``GET /alerts?after=N`` (loopback clients only): ``{"next": M, "alerts": [...]}``, the enriched alerts
     numbered above N still kept. ``GET /healthz``: ``ok``.
+
+    Against slow clients (see :class:`ServerSettings`): each request must arrive whole within
+    ``request_timeout``; when ``max_connections`` are open, a new one pushes out the one that has waited longest
+    for its request. Repeated warnings are summarised per ``log_interval``; a forward URL is only ever shown
+    without its credentials.
 
     Args:
         enricher: the enricher.
@@ -695,14 +972,17 @@ class EnrichServer:
         self.settings = settings
         self._write = write
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(settings.max_connections)
+        self._connections = _Connections(settings.max_connections)
+        self._warnings = {
+            kind: _Throttle(summary, burst=burst, interval=settings.log_interval)
+            for kind, (burst, summary) in _WARNINGS.items()
+        }
         self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=max(settings.keep, 1))
         self._seq = 0
         self._counts: collections.Counter[str] = collections.Counter()
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max(settings.queue_size, 1))
         self._server: _HTTPServer | None = None
         self._threads: list[threading.Thread] = []
-        self._last_forward_log = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -749,10 +1029,13 @@ class EnrichServer:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def stop(self, drain_timeout: float = 5.0) -> None:
-        """Stop serving, then give the forwarder up to ``drain_timeout`` seconds to send what is queued."""
+        """Stop serving (hanging up on clients still sending a request, letting answers in progress finish), then
+        give the forwarder up to ``drain_timeout`` seconds to send what is queued; log the pending summaries."""
         if self._server is None:
             return
         self._server.shutdown()
+        for conn in self._connections.stop():
+            _hang_up(conn)
         self._server.server_close()
         if self.settings.forward is not None:
             deadline = time.monotonic() + drain_timeout
@@ -768,6 +1051,7 @@ class EnrichServer:
             left = self._queue.qsize()
             if left:
                 log.warning("enrich: %d alert(s) not forwarded at shutdown", left)
+        self._flush_warnings(force=True)
         self._server = None
 
     def __enter__(self) -> EnrichServer:
@@ -796,7 +1080,9 @@ class EnrichServer:
             result = self.enricher.enrich_line(line)
             stats.add(result.kind)
             if result.kind == "malformed":
-                log.warning("enrich: request from %s, line %d skipped: %s", peer or "?", number, result.reason)
+                self._warn(
+                    "malformed", "enrich: request from %s, line %d skipped: %s", peer or "?", number, result.reason
+                )
                 continue
             if result.kind == "blank":
                 continue
@@ -813,7 +1099,7 @@ class EnrichServer:
                     self._write(result.data)
                 except OSError as exc:
                     self._counts["write_failed"] += 1
-                    log.warning("enrich: cannot write an alert: %s", exc.strerror or exc)
+                    self._warn("write_failed", "enrich: cannot write an alert: %s", exc.strerror or exc)
             if result.kind == "enriched":
                 self._seq += 1
                 self._recent.append((self._seq, result.data.rstrip(b"\n")))
@@ -822,7 +1108,7 @@ class EnrichServer:
                 self._queue.put_nowait(result.data.rstrip(b"\r\n"))
             except queue.Full:
                 self._count("dropped")
-                log.warning("enrich: forward queue full (%d); alert dropped", self.settings.queue_size)
+                self._warn("dropped", "enrich: forward queue full (%d); alert dropped", self.settings.queue_size)
 
     def recent_json(self, after: int = 0) -> bytes:
         """``{"next": N, "alerts": [...]}`` with the kept enriched alerts numbered above ``after``."""
@@ -832,13 +1118,22 @@ class EnrichServer:
         return b'{"next":%d,"alerts":[' % following + b",".join(items) + b"]}\n"
 
     def stats(self) -> dict[str, int]:
-        """Lifetime counts: enriched, passed, malformed, forwarded, forward_failed, dropped, too_large."""
+        """Lifetime counts: enriched, passed, malformed, forwarded, forward_failed, dropped, too_large,
+        write_failed, and against slow clients: timed_out (past ``request_timeout``), evicted (pushed out for a
+        new connection), refused (every connection busy)."""
         with self._lock:
             return dict(self._counts)
 
     def _count(self, name: str) -> None:
         with self._lock:
             self._counts[name] += 1
+
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        self._warnings[kind].warn(message, *args)
+
+    def _flush_warnings(self, *, force: bool = False) -> None:
+        for throttle in self._warnings.values():
+            throttle.flush(force=force)
 
     def _forward_loop(self) -> None:
         session = requests.Session()
@@ -852,13 +1147,19 @@ class EnrichServer:
                     return
                 try:
                     response = session.post(
-                        url, data=item, headers={"Content-Type": "application/json"}, timeout=timeout
+                        url,
+                        data=item,
+                        headers={"Content-Type": "application/json"},
+                        timeout=timeout,
+                        allow_redirects=False,  # a 307 would re-POST the alert (and the credentials) elsewhere
                     )
                     response.close()
-                except requests.RequestException as exc:
+                except (requests.RequestException, ValueError) as exc:  # urllib3 lets some URL errors through
                     self._forward_failed(f"{type(exc).__name__}: {_root(exc)}")
                     continue
-                if response.status_code >= 400:
+                if 300 <= response.status_code < 400:
+                    self._forward_failed(f"HTTP {response.status_code} (redirects are not followed)")
+                elif response.status_code >= 400:
                     self._forward_failed(f"HTTP {response.status_code}")
                 else:
                     self._count("forwarded")
@@ -867,19 +1168,35 @@ class EnrichServer:
 
     def _forward_failed(self, why: str) -> None:
         self._count("forward_failed")
-        now = time.monotonic()
-        if now - self._last_forward_log >= 10.0:
-            self._last_forward_log = now
-            failed = self.stats().get("forward_failed", 0)
-            log.warning(
-                "enrich: forwarding to %s failed (%s); %d failure(s) so far", self.settings.forward, why, failed
-            )
+        url = self.settings.forward or ""
+        self._warn(
+            "forward_failed",
+            "enrich: forwarding to %s failed (%s); %d failure(s) so far",
+            redact_url(url),
+            _without_credentials(why, url),
+            self.stats().get("forward_failed", 0),
+        )
 
 
 def _root(exc: BaseException) -> str:
     while exc.__cause__ is not None or exc.__context__ is not None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return str(exc)[:200]
+
+
+def _without_credentials(text: str, url: str) -> str:
+    """``text`` (an error message about ``url``) with the userinfo of ``url`` hidden, as written or decoded.
+
+    >>> _without_credentials("Failed to parse: http://u:pa%24s@h:1x/ (pa$s)", "http://u:pa%24s@h:1x/")
+    'Failed to parse: http://***@h:1x/ (***)'
+    """
+    text = text.replace(url, redact_url(url))
+    userinfo = url.partition("//")[2].split("/", 1)[0].rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    for secret in (userinfo, urllib.parse.unquote(userinfo), password, urllib.parse.unquote(password)):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------------------

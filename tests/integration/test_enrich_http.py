@@ -6,6 +6,7 @@ stops it with SIGTERM.
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.server
 import json
 import logging
@@ -61,11 +62,13 @@ def falco_alert(rule: str = OUTBOUND_RULE, sip: str = "198.51.100.1", cip: str =
 class Receiver:
     """A real HTTP server on loopback standing in for falcosidekick: records each POST body."""
 
-    def __init__(self, status: int = 200, delay: float = 0.0) -> None:
+    def __init__(self, status: int = 200, delay: float = 0.0, location: str | None = None) -> None:
         self.bodies: list[bytes] = []
         self.content_types: list[str] = []
+        self.authorizations: list[str] = []
         self.status = status
         self.delay = delay
+        self.location = location
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -79,8 +82,11 @@ class Receiver:
                 time.sleep(receiver.delay)
                 receiver.bodies.append(body)
                 receiver.content_types.append(self.headers.get("Content-Type", ""))
+                receiver.authorizations.append(self.headers.get("Authorization", ""))
                 try:
                     self.send_response(receiver.status)
+                    if receiver.location is not None:
+                        self.send_header("Location", receiver.location)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 except OSError:
@@ -227,6 +233,169 @@ def test_a_full_queue_drops_with_a_warning(caplog: pytest.LogCaptureFixture) -> 
     assert server.stats()["dropped"] >= 1 and "forward queue full" in caplog.text
 
 
+def test_a_flood_on_a_full_queue_is_summarised(caplog: pytest.LogCaptureFixture) -> None:
+    with Receiver(delay=0.3) as rec, caplog.at_level(logging.WARNING, logger="tor_sets"):
+        server = serve(rec.url, queue_size=1)
+        try:
+            reply = requests.post(server.url, data=b"\n".join([falco_alert()] * 200), timeout=10)
+            assert reply.json()["enriched"] == 200
+        finally:
+            server.stop(drain_timeout=5)
+    dropped = server.stats()["dropped"]
+    messages = [record.getMessage() for record in caplog.records]
+    assert dropped >= 190 and sum("forward queue full" in m for m in messages) == 5
+    assert f"enrich: {dropped - 5} more alert(s) dropped on a full forward queue in the last " in caplog.text
+
+
+def test_malformed_lines_are_summarised_not_logged_one_by_one(caplog: pytest.LogCaptureFixture) -> None:
+    server = serve(None)
+    with caplog.at_level(logging.WARNING, logger="tor_sets"):
+        try:
+            reply = requests.post(server.url, data=b"x\n" * 20_000, timeout=30)
+        finally:
+            server.stop()
+    assert reply.status_code == 400 and reply.json()["malformed"] == 20_000
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 6, messages[:10]  # five lines, then one summary (written at the latest on stop)
+    assert messages[4].startswith("enrich: request from 127.0.0.1, line 5 skipped: not JSON")
+    assert messages[5].startswith("enrich: 19995 more malformed line(s) skipped in the last ")
+
+
+def test_the_forwarder_does_not_follow_redirects(caplog: pytest.LogCaptureFixture) -> None:
+    with Receiver() as elsewhere, Receiver(status=307, location=elsewhere.url) as target:
+        server = serve(target.url)
+        with caplog.at_level(logging.WARNING, logger="tor_sets"):
+            try:
+                assert requests.post(server.url, data=falco_alert(), timeout=5).status_code == 200
+                deadline = time.monotonic() + 10
+                while not server.stats().keys() & {"forwarded", "forward_failed"} and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            finally:
+                server.stop()
+    assert len(target.bodies) == 1 and elsewhere.bodies == []
+    assert server.stats().get("forward_failed") == 1 and "forwarded" not in server.stats()
+    assert "HTTP 307 (redirects are not followed)" in caplog.text
+
+
+@pytest.mark.parametrize("how", ["refused", "error status"])
+def test_forward_credentials_are_never_logged(how: str, caplog: pytest.LogCaptureFixture) -> None:
+    with Receiver(status=500) as rec:
+        port = free_port() if how == "refused" else rec.server.server_address[1]
+        server = serve(f"http://tor-sets:s3cret@127.0.0.1:{port}/falco", forward_timeout=0.5)
+        with caplog.at_level(logging.DEBUG, logger="tor_sets"):
+            try:
+                for _ in range(2):
+                    requests.post(server.url, data=falco_alert(), timeout=5)
+                deadline = time.monotonic() + 10
+                while server.stats().get("forward_failed", 0) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            finally:
+                server.stop()
+    assert server.stats()["forward_failed"] == 2
+    assert f"forwarding to http://***@127.0.0.1:{port}/falco failed" in caplog.text
+    assert "s3cret" not in caplog.text
+    if how == "error status":  # the credentials are still sent, in the Authorization header
+        assert rec.authorizations == ["Basic dG9yLXNldHM6czNjcmV0"] * 2
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (bounded by the socket's timeout)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n",  # '\xb2' is '²' in Latin-1, the header charset
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",  # int() refuses 5000 digits
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+        b"GET /alerts?after=\xb2 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /alerts?after=%C2%B9 HTTP/1.1\r\nHost: x\r\n\r\n",  # '¹', percent-encoded UTF-8
+        b"GET /alerts?after=%EF%BC%91 HTTP/1.1\r\nHost: x\r\n\r\n",  # FULLWIDTH DIGIT ONE (U+FF11)
+        b"GET /alerts?after=x HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+    ids=[
+        "length-superscript",
+        "length-5000-digits",
+        "length-negative",
+        "after-latin1",
+        "after-utf8",
+        "after-fullwidth",
+        "after-word",
+    ],
+)
+def test_numbers_are_ascii_digits_or_a_400(request_: bytes) -> None:
+    server = serve(None)
+    try:
+        with socket.create_connection(server.address, timeout=5) as sock:
+            sock.sendall(request_)
+            reply = read_reply(sock)
+        assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+    finally:
+        server.stop()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), reply[:200]
+    assert len(body) < 100 and "error" in json.loads(body)
+
+
+SLOW_HEAD = b"POST / HTTP/1.1\r\nHost: x\r\n"  # a head that never ends: then one more header byte at a time
+SLOW_BODY = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"  # then one body byte at a time
+
+
+def trickle_until_closed(sock: socket.socket, give_up: float) -> bool:
+    """Send a byte every 0.1 s until the server closes the connection (True) or ``give_up`` seconds pass (False)."""
+    deadline = time.monotonic() + give_up
+    sock.settimeout(0.1)
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"X")
+            if sock.recv(4096) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:  # reset, broken pipe: closed too
+            return True
+    return False
+
+
+@pytest.mark.parametrize("start", [SLOW_HEAD, SLOW_BODY], ids=["head", "body"])
+def test_slow_clients_neither_starve_others_nor_outlive_their_deadline(start: bytes) -> None:
+    server = serve(None, max_connections=4, request_timeout=1.5)
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(8):  # twice the connection limit
+            slow.append(socket.create_connection(server.address, timeout=5))
+            slow[-1].sendall(start)
+        with concurrent.futures.ThreadPoolExecutor(len(slow)) as pool:
+            closed = [pool.submit(trickle_until_closed, sock, 10.0) for sock in slow]
+            reply = requests.post(server.url, data=falco_alert(), timeout=5)
+            assert reply.status_code == 200 and reply.json()["enriched"] == 1
+            assert [f.result() for f in closed] == [True] * 8  # none still open after 10 s of trickling
+    finally:
+        for sock in slow:
+            sock.close()
+        server.stop()
+    counts = server.stats()
+    assert counts.get("evicted", 0) + counts.get("timed_out", 0) >= 8, counts
+
+
+def test_stop_does_not_wait_for_a_slow_client() -> None:
+    server = serve(None)  # the default request deadline
+    with socket.create_connection(server.address, timeout=5) as sock:
+        sock.sendall(SLOW_HEAD)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            closed = pool.submit(trickle_until_closed, sock, 10.0)
+            time.sleep(0.3)  # the server is reading the slow head now
+            stopping = threading.Thread(target=server.stop)
+            stopping.start()
+            stopping.join(5)
+            assert not stopping.is_alive(), "stop() waited for the slow client"
+            assert closed.result()
+
+
 def test_only_loopback_unless_allowed() -> None:
     with pytest.raises(SanityError):
         EnrichServer(Enricher(INDEX), ServerSettings(host="0.0.0.0"))
@@ -251,7 +420,7 @@ def test_the_command_line_endpoint(tmp_path: Path, receiver: Receiver, data_dir:
             "--listen",
             "127.0.0.1:0",
             "--forward",
-            receiver.url,
+            receiver.url.replace("http://", "http://tor-sets:s3cret@"),
             "--input",
             str(snapshot),
             "-o",
@@ -284,4 +453,6 @@ def test_the_command_line_endpoint(tmp_path: Path, receiver: Receiver, data_dir:
     err.seek(0)
     log = err.read()
     assert "enrich: stopping" in log and "enriched 1" in log and "forwarded 1" in log
+    assert f", forwarding to {receiver.url.replace('http://', 'http://***@')}\n" in log and "s3cret" not in log
+    assert receiver.authorizations == ["Basic dG9yLXNldHM6czNjcmV0"]  # the credentials are used, never shown
     err.close()

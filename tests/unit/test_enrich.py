@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
+import socket
 import sys
 from datetime import datetime
 from ipaddress import ip_address
@@ -15,6 +18,8 @@ from tor_sets.enrich import (
     Enricher,
     RelayIndex,
     ServerSettings,
+    _Connections,
+    _Throttle,
     canonical_address,
     enrich_stream,
     parse_listen,
@@ -327,6 +332,13 @@ def test_parse_listen() -> None:
             parse_listen(bad)
 
 
+def test_parse_listen_takes_ascii_digits_only() -> None:
+    # "²" passes str.isdigit() and int() refuses it; int() reads Arabic-Indic digits; it refuses 5,000 digits
+    for bad in ("127.0.0.1:\u00b2", "127.0.0.1:\u0661", "127.0.0.1:" + "9" * 5000):
+        with pytest.raises(ValueError, match="expected HOST:PORT"):
+            parse_listen(bad)
+
+
 def test_settings_refuse_remote_and_odd_urls() -> None:
     with pytest.raises(SanityError, match="non-loopback"):
         ServerSettings(host="0.0.0.0").check()
@@ -334,9 +346,65 @@ def test_settings_refuse_remote_and_odd_urls() -> None:
         ServerSettings(host="192.0.2.2").check()
     ServerSettings(host="0.0.0.0", allow_remote=True).check()
     ServerSettings(host="::1", forward="http://127.0.0.1:2801/").check()
-    for url in ("file:///etc/passwd", "ftp://127.0.0.1/", "http://"):
+    for url in ("file:///etc/passwd", "ftp://127.0.0.1/", "http://", "http://127.0.0.1:0/"):
         with pytest.raises(TorSetsError, match="--forward"):
             ServerSettings(forward=url).check()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ftp://tor-sets:s3cret@127.0.0.1/", "http://tor-sets:s3cret@127.0.0.1:99999/", "http://tor-sets:s3cret@[::1/"],
+)
+def test_a_refused_forward_url_is_shown_without_credentials(url: str) -> None:
+    with pytest.raises(TorSetsError, match="--forward") as exc:
+        ServerSettings(forward=url).check()
+    assert "s3cret" not in str(exc.value) and "***@" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "bad", [{"max_connections": 0}, {"request_timeout": 0.0}, {"request_timeout": float("nan")}, {"log_interval": -1.0}]
+)
+def test_settings_refuse_limits_that_are_not_positive(bad: dict[str, float]) -> None:
+    with pytest.raises(TorSetsError, match="must be positive"):
+        ServerSettings(**bad).check()  # type: ignore[arg-type]
+
+
+def test_repeated_warnings_are_summarised_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    throttle = _Throttle("%d more in the last %.1f s", burst=2, interval=10.0)
+    with caplog.at_level(logging.WARNING, logger="tor_sets"):
+        logged = [throttle.warn("line %d", n, now=n * 0.5) for n in range(6)]
+        assert throttle.flush(now=9.9) == 0  # the interval is not over
+        assert throttle.warn("line %d", 6, now=10.0)  # closes the interval (its summary first), opens a new one
+        throttle.warn("line %d", 7, now=11.0)
+        throttle.warn("line %d", 8, now=12.0)
+        assert throttle.flush(now=13.0, force=True) == 1
+        assert throttle.flush(now=30.0) == 0  # nothing held: no line
+    assert logged == [True, True, False, False, False, False]
+    assert [r.getMessage() for r in caplog.records] == [
+        "line 0",
+        "line 1",
+        "4 more in the last 10.0 s",
+        "line 6",
+        "line 7",
+        "1 more in the last 3.0 s",
+    ]
+
+
+def test_a_full_connection_table_pushes_out_the_one_waiting_longest() -> None:
+    with contextlib.ExitStack() as stack:
+        a, b, c, d = (stack.enter_context(socket.socket()) for _ in range(4))  # unconnected: only identity matters
+        table = _Connections(2)
+        assert table.admit(a, now=0.0) == (True, None)
+        assert table.admit(b, now=1.0) == (True, None)
+        table.busy(a)
+        assert table.admit(c, now=5.0) == (True, (b, 4.0))  # a is busy: b, waiting since 1.0, goes
+        assert not table.waiting(b, now=6.0)  # b's thread is told to end: it stays out
+        table.busy(c)
+        assert table.admit(d, now=7.0) == (False, None)  # every place busy
+        table.remove(a)
+        assert table.admit(d, now=9.0) == (True, None)
+        assert table.stop() == [d]  # the server stops: d was waiting, c is busy answering
+        assert not table.waiting(c, now=10.0)  # c's answer is done: no next request
 
 
 # -- the command line ---------------------------------------------------------------------------------------------
@@ -391,9 +459,15 @@ def test_cli_errors(tmp_path, snapshot_file, capsys) -> None:
     assert "--forward needs --listen" in capsys.readouterr().err
     assert main(["enrich", "--listen", "0.0.0.0:0", "--input", str(snapshot_file)]) == 5
     assert "non-loopback" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exc:
-        main(["enrich", "--listen", "example.org:80"])
-    assert exc.value.code == 2
+    for usage in (
+        ["--listen", "example.org:80"],
+        ["--listen", "127.0.0.1:0", "--max-connections", "\u00b2"],
+        ["--listen", "127.0.0.1:0", "--request-timeout", "0"],
+        ["--listen", "127.0.0.1:0", "--max-body", "\u00b2k"],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["enrich", *usage])
+        assert exc.value.code == 2
 
 
 def test_cli_bench_prints_one_json_document(data_dir, capsys) -> None:

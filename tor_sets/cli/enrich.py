@@ -29,6 +29,7 @@ from tor_sets.enrich import parse_listen as _parse_listen
 from tor_sets.errors import TorSetsError
 from tor_sets.onionoo import bundled_snapshot, cached_snapshot, default_cache_dir, read_snapshot
 from tor_sets.relays import Snapshot
+from tor_sets.urls import redact_url
 
 __all__ = ["add_parser", "run"]
 
@@ -57,9 +58,25 @@ def _size(text: str) -> int:
     number, unit = text.lower().rstrip("ib"), ""
     if number and number[-1] in "km":
         number, unit = number[:-1], number[-1]
-    if not number.isdigit() or int(number) < 1:
+    if not number.isascii() or not number.isdigit() or int(number) < 1:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1048576, 512k, 4m)")
     return int(number) * units[unit]
+
+
+def _count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
+    return value
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -104,13 +121,33 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     http = parser.add_argument_group("HTTP endpoint")
     http.add_argument("--listen", type=_listen, metavar="HOST:PORT", help="serve HTTP on this address (port 0: any)")
-    http.add_argument("--forward", metavar="URL", help="POST every alert to this URL (e.g. falcosidekick)")
+    http.add_argument(
+        "--forward",
+        metavar="URL",
+        help="POST every alert to this URL (e.g. falcosidekick); redirects are not followed, credentials in the URL "
+        "are used but never shown",
+    )
     http.add_argument("--allow-remote", action="store_true", help="allow --listen on a non-loopback address")
     http.add_argument(
         "--max-body", type=_size, default=1024 * 1024, metavar="SIZE", help="largest request body (default: 1m)"
     )
     http.add_argument(
         "--forward-timeout", type=float, default=5.0, metavar="SECONDS", help="forward timeout (default: 5)"
+    )
+    http.add_argument(
+        "--request-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a client has to send a whole request, head and body; slower ones are cut off (default: 10)",
+    )
+    http.add_argument(
+        "--max-connections",
+        type=_count,
+        default=64,
+        metavar="N",
+        help="connections served at once; when all are taken, the one that has waited longest for its request "
+        "is closed to make room (default: 64)",
     )
     parser.add_argument("--bench", action="store_true", help="measure lookups/s on the relay data; print JSON")
     parser.set_defaults(func=run)
@@ -203,6 +240,8 @@ def _serve(args: argparse.Namespace, enricher: Enricher) -> int:
         forward_timeout=args.forward_timeout,
         max_body=args.max_body,
         allow_remote=args.allow_remote,
+        max_connections=args.max_connections,
+        request_timeout=args.request_timeout,
     )
     with contextlib.ExitStack() as stack:
         write = None
@@ -217,7 +256,7 @@ def _serve(args: argparse.Namespace, enricher: Enricher) -> int:
         stack.callback(server.stop)
         stop = threading.Event()
         stack.enter_context(_stop_on_signals(stop))
-        target = f", forwarding to {args.forward}" if args.forward else ""
+        target = f", forwarding to {redact_url(args.forward)}" if args.forward else ""
         log.info("enrich: listening on %s%s", server.url, target)
         while not stop.wait(0.5):
             pass

@@ -1,0 +1,57 @@
+"""redact_url: the userinfo of a URL never shows; everything else stays as written."""
+
+from __future__ import annotations
+
+import doctest
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tor_sets.urls
+from tor_sets.urls import redact_url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:secret@example.org:8443/falco?x=1#top", "https://***@example.org:8443/falco?x=1#top"),
+        ("http://tor-sets:s3cret@127.0.0.1:2802/", "http://***@127.0.0.1:2802/"),
+        ("http://token@[::1]:2802/falco", "http://***@[::1]:2802/falco"),
+        ("http://u:p@ss@host/x", "http://***@host/x"),  # the userinfo ends at the last "@" of the authority
+        ("http://@host/", "http://***@host/"),
+        ("HTTPS://u:p@host", "HTTPS://***@host"),
+        (" http://u:p@host/", " http://***@host/"),  # requests strips the space and would use the credentials
+        ("//u:p@host/", "//***@host/"),
+        ("u:p@host:80/a//b", "***@host:80/a//b"),  # no scheme: still hidden
+        ("http://u:p@[::1/", "http://***@[::1/"),  # not even a valid URL
+        ("http://127.0.0.1:2802/", "http://127.0.0.1:2802/"),
+        ("http://host/path@x", "http://host/path@x"),  # "@" in the path, query or fragment is no userinfo
+        ("http://host?to=a@b", "http://host?to=a@b"),
+        ("http://host#a@b", "http://host#a@b"),
+        (
+            "https://onionoo.example/details?type=relay&fields=a,b",
+            "https://onionoo.example/details?type=relay&fields=a,b",
+        ),
+        ("", ""),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+@given(user=st.text(st.characters(blacklist_characters="/?#@"), min_size=1), secret=st.text(min_size=1))
+def test_a_secret_never_shows(user: str, secret: str) -> None:
+    secret = secret.replace("/", "").replace("?", "").replace("#", "") or "x"
+    shown = redact_url(f"https://{user}:{secret}@example.org:8443/path?q=1")
+    assert shown == "https://***@example.org:8443/path?q=1"
+
+
+@given(st.text())
+def test_never_raises(text: str) -> None:
+    assert isinstance(redact_url(text), str)
+
+
+def test_doctests() -> None:
+    assert doctest.testmod(tor_sets.urls).failed == 0
