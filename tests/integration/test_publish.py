@@ -196,15 +196,19 @@ def _annotations(path: Path) -> dict[str, str]:
 
 
 def _publish(registry: Registry, path: Path, repository: str, **options: object) -> fleet.PublishResult:
-    extra = ["2026-02-28T0100"]
+    header = fleet.read_header(path.read_text())
+    assert header.relays_published is not None
     return fleet.publish(
         f"oci://{registry.host}/{repository}:latest",
         path,
-        engine_version=None,
+        version=fleet.data_version(header.relays_published),
         annotations=_annotations(path),
-        extra_tags=extra,
+        extra_tags=[fleet.date_tag(header.relays_published)],
         **options,  # type: ignore[arg-type]
     )
+
+
+TAGS_0100 = ("1.20260228.100", "2026-02-28T0100", "latest", "1", "1.20260228")
 
 
 # --- publish and read back -----------------------------------------------------------------------------------
@@ -215,18 +219,21 @@ def test_publish_then_pull(registry: Registry, rules_file: Path) -> None:
     result = _publish(registry, rules_file, "security/tor-rules")
     elapsed = time.monotonic() - started
     assert result.ref == f"{registry.host}/security/tor-rules:latest"
-    assert result.tags == ("latest", "2026-02-28T0100")
+    assert result.tags == TAGS_0100
+    assert (result.kind, result.name, result.version) == ("rulesfile", "tor-rules", "1.20260228.100")
     assert result.digest.startswith("sha256:") and len(result.digest) == 71
     assert elapsed < 10, f"push took {elapsed:.1f} s"
 
-    for reference in ("latest", "2026-02-28T0100", result.digest):
+    for reference in (*TAGS_0100, result.digest):
         separator = "@" if reference.startswith("sha256:") else ":"
         pulled = fleet.pull(f"oci://{registry.host}/security/tor-rules{separator}{reference}")
-        assert pulled.rules_bytes == rules_file.read_bytes()
+        assert pulled.kind == "rulesfile" and pulled.index is None
+        assert pulled.content == rules_file.read_bytes()
         assert pulled.filename == "tor_rules.yaml"
         assert pulled.digest == result.digest
         assert pulled.config == {
             "name": "tor-rules",
+            "version": "1.20260228.100",
             "requirements": [{"name": "engine_version_semver", "version": "0.31.0"}],
         }
         assert pulled.manifest["annotations"]["org.opencontainers.image.created"] == "2026-02-28T01:00:00Z"
@@ -255,7 +262,7 @@ def test_registry_api_serves_falcoctl_layout(registry: Registry, rules_file: Pat
         "org.opencontainers.image.created": "2026-02-28T01:00:00Z",
         "org.opencontainers.image.source": "https://onionoo.torproject.org/details?type=relay&running=true",
         "org.opencontainers.image.title": "tor_rules.yaml",
-        "org.opencontainers.image.version": "2026-02-28T0100",
+        "org.opencontainers.image.version": "1.20260228.100",
         "tor-sets.data_source": "https://onionoo.torproject.org/details?type=relay&running=true",
         "tor-sets.relays_published": "2026-02-28T01:00:00Z",
         "tor-sets.version": "0.1.0",
@@ -263,7 +270,11 @@ def test_registry_api_serves_falcoctl_layout(registry: Registry, rules_file: Pat
 
     config = requests.get(registry.api(f"api/tor-rules/blobs/{manifest['config']['digest']}"))
     assert config.status_code == 200 and len(config.content) == manifest["config"]["size"]
-    assert json.loads(config.content)["requirements"] == [{"name": "engine_version_semver", "version": "0.31.0"}]
+    assert json.loads(config.content) == {
+        "name": "tor-rules",
+        "version": "1.20260228.100",
+        "requirements": [{"name": "engine_version_semver", "version": "0.31.0"}],
+    }
 
     blob = requests.get(registry.api(f"api/tor-rules/blobs/{layer['digest']}"))
     assert blob.status_code == 200 and len(blob.content) == layer["size"]
@@ -277,7 +288,7 @@ def test_registry_api_serves_falcoctl_layout(registry: Registry, rules_file: Pat
     assert gzip.decompress(blob.content).count(b"tor_rules.yaml") == 1
 
     tags = requests.get(registry.api("api/tor-rules/tags/list")).json()["tags"]
-    assert sorted(tags) == ["2026-02-28T0100", "latest"]
+    assert sorted(tags) == sorted(TAGS_0100)
 
 
 def test_same_rules_same_digest_and_old_dates_stay_reachable(registry: Registry, tmp_path: Path) -> None:
@@ -301,16 +312,21 @@ def test_same_rules_same_digest_and_old_dates_stay_reachable(registry: Registry,
     moved = fleet.publish(
         f"{registry.host}/repeat/tor-rules",
         newer,
+        version=fleet.data_version(header.relays_published),
         engine_version="26",
         annotations=_annotations(newer),
         extra_tags=[fleet.date_tag(header.relays_published)],
     )
-    assert moved.digest != digest and moved.tags == ("latest", "2026-02-28T0200")
-    assert fleet.pull(f"{registry.host}/repeat/tor-rules:latest").rules_bytes == newer.read_bytes()
-    rollback = fleet.pull(f"{registry.host}/repeat/tor-rules:2026-02-28T0100")
-    assert rollback.rules_bytes == first.read_bytes() and rollback.digest == digest
+    assert moved.digest != digest
+    assert moved.tags == ("1.20260228.200", "2026-02-28T0200", "latest", "1", "1.20260228")
+    for moving in ("latest", "1", "1.20260228"):  # what followers watch moved to the new data ...
+        assert fleet.pull(f"{registry.host}/repeat/tor-rules:{moving}").content == newer.read_bytes()
+    for fixed in ("2026-02-28T0100", "1.20260228.100"):  # ... and the old data stays reachable for a rollback
+        rollback = fleet.pull(f"{registry.host}/repeat/tor-rules:{fixed}")
+        assert rollback.content == first.read_bytes() and rollback.digest == digest
     latest = fleet.pull(f"{registry.host}/repeat/tor-rules:2026-02-28T0200")
     assert latest.config["requirements"] == [{"name": "engine_version_semver", "version": "0.26.0"}]
+    assert latest.config["version"] == "1.20260228.200"
 
 
 def test_pull_refuses_what_is_not_a_rulesfile(registry: Registry) -> None:
@@ -333,7 +349,7 @@ def test_pull_refuses_what_is_not_a_rulesfile(registry: Registry) -> None:
         registry.api("other/thing/manifests/v1"), data=json.dumps(manifest), headers={"Content-Type": OCI_MANIFEST}
     )
     assert response.status_code == 201
-    with pytest.raises(RegistryError, match="is not a falcoctl rulesfile artifact"):
+    with pytest.raises(RegistryError, match="is not a falcoctl artifact"):
         fleet.pull(f"{registry.host}/other/thing:v1")
     with pytest.raises(RegistryError, match="has no manifest") as caught:
         fleet.pull(f"{registry.host}/other/thing:missing")
@@ -351,7 +367,7 @@ def test_wrong_port_is_one_clear_line(rules_file: Path) -> None:
     port = _free_port()  # nobody listens there
     started = time.monotonic()
     with pytest.raises(RegistryError) as caught:
-        fleet.publish(f"oci://127.0.0.1:{port}/tor-rules:latest", rules_file, engine_version=None, annotations={})
+        fleet.publish(f"oci://127.0.0.1:{port}/tor-rules:latest", rules_file, version="1.2.3")
     message = str(caught.value)
     assert message == f"cannot reach registry 127.0.0.1:{port} over http: Connection refused"
     assert time.monotonic() - started < 5  # no retries with back-off
@@ -371,8 +387,7 @@ def test_plain_http_to_a_remote_registry_is_refused(rules_file: Path) -> None:
         fleet.publish(
             "oci://registry.example.com/security/tor-rules:latest",
             rules_file,
-            engine_version=None,
-            annotations={},
+            version="1.2.3",
             plain_http=True,
         )
 
@@ -404,7 +419,7 @@ def test_private_registry_with_docker_config(
     token = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
     (folder / "config.json").write_text(json.dumps({"auths": {private_registry.host: {"auth": token}}}))
     monkeypatch.setenv("DOCKER_CONFIG", str(folder))
-    assert _publish(private_registry, rules_file, "docker-config/tor-rules").tags == ("latest", "2026-02-28T0100")
+    assert _publish(private_registry, rules_file, "docker-config/tor-rules").tags == TAGS_0100
 
 
 def test_wrong_password_is_reported_without_it(
@@ -448,34 +463,51 @@ def test_cli_publish(registry: Registry, rules_file: Path, capsys: pytest.Captur
     captured = capsys.readouterr()
     assert code == 0, captured.err
     printed = yaml.safe_load(captured.out)
+    assert list(printed) == ["ref", "digest", "type", "name", "version", "tags"]
     assert printed["ref"] == f"{registry.host}/cli/tor-rules:latest"
-    assert printed["tags"] == ["latest", "stable", "2026-02-28T0100"]
+    assert (printed["type"], printed["name"], printed["version"]) == ("rulesfile", "tor-rules", "1.20260228.100")
+    assert printed["tags"] == ["1.20260228.100", "2026-02-28T0100", "stable", "latest", "1", "1.20260228"]
     pulled = fleet.pull(f"{registry.host}/cli/tor-rules:stable")
     assert pulled.digest == printed["digest"]
     assert pulled.manifest["annotations"]["org.opencontainers.image.source"] == "https://git.example.com/tor-sets"
-    assert pulled.rules_bytes == rules_file.read_bytes()
+    assert pulled.content == rules_file.read_bytes()
 
 
 def test_cli_publish_without_date_tag(registry: Registry, rules_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _main(["publish", f"{registry.host}/cli/undated", "--rules", str(rules_file), "--no-date-tag"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out)["tags"] == ["latest"]
+    assert yaml.safe_load(capsys.readouterr().out)["tags"] == ["1.20260228.100", "latest", "1", "1.20260228"]
+    argv = [
+        "publish",
+        f"{registry.host}/cli/fixed",
+        "--rules",
+        str(rules_file),
+        "--no-floating-tags",
+        "--version",
+        "2.0.1",
+    ]
+    assert _main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["version"] == "2.0.1" and printed["tags"] == ["2.0.1", "2026-02-28T0100", "latest"]
 
 
 @pytest.mark.parametrize(
-    ("ref", "flags", "expected"),
+    ("ref", "flags", "code", "expected"),
     [
-        ("oci://127.0.0.1:{closed}/tor-rules:latest", [], "cannot reach registry 127.0.0.1:{closed} over http"),
-        ("oci://registry.example.com/tor-rules:latest", ["--plain-http"], "plain HTTP is allowed only for a loopback"),
-        ("oci://tor-rules:latest", [], "needs a registry host"),
+        ("oci://127.0.0.1:{closed}/tor-rules:latest", [], 3, "cannot reach registry 127.0.0.1:{closed} over http"),
+        ("oci://registry.example.com/r:latest", ["--plain-http"], 3, "plain HTTP is allowed only for a loopback"),
+        ("oci://tor-rules:latest", [], 2, "needs a registry host"),
+        ("oci://127.0.0.1:1/tor-rules:latest", ["--version", "1.02.3"], 2, "is not MAJOR.MINOR.PATCH"),
+        ("oci://127.0.0.1:1/tor-rules:latest", ["--version", "1.2.3", "--major", "2"], 2, "contradict"),
+        ("oci://127.0.0.1:1/tor-rules:latest", ["--tag", "a/b"], 2, "'a/b' is not a valid tag"),
     ],
 )
 def test_cli_errors_are_one_line(
-    rules_file: Path, capsys: pytest.CaptureFixture[str], ref: str, flags: list[str], expected: str
+    rules_file: Path, capsys: pytest.CaptureFixture[str], ref: str, flags: list[str], code: int, expected: str
 ) -> None:
     closed = str(_free_port())
-    code = _main(["publish", ref.format(closed=closed), "--rules", str(rules_file), *flags])
+    exit_code = _main(["publish", ref.format(closed=closed), "--rules", str(rules_file), *flags])
     captured = capsys.readouterr()
-    assert code == 3
+    assert exit_code == code
     assert captured.out == ""
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tor-sets: error: ")
@@ -585,4 +617,195 @@ def test_bearer_token_registry(
     assert "repository:token/tor-rules:pull" in issued  # first the read (does the blob exist?) ...
     assert "repository:token/tor-rules:pull,push" in issued  # ... then a wider token for the upload
     pulled = fleet.pull(f"{gate.host}/token/tor-rules:2026-02-28T0100")
-    assert pulled.digest == result.digest and pulled.rules_bytes == rules_file.read_bytes()
+    assert pulled.digest == result.digest and pulled.content == rules_file.read_bytes()
+
+
+# --- hardening (issue 13, items 11 to 13): nothing leaves loopback, credentials go nowhere else ---------------
+
+
+class _Recorder:
+    """A loopback HTTP server that records every request it gets (method, path, headers) and answers with
+    ``answer(handler)``; by default 200 with a bearer token, as a token service would."""
+
+    def __init__(self, address: str = "127.0.0.2", answer: object = None) -> None:
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                recorder.requests.append((self.command, self.path, dict(self.headers.items())))
+                if callable(answer):
+                    answer(self)
+                    return
+                body = b'{"token": "stolen"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _any
+
+        self.server = ThreadingHTTPServer((address, 0), Handler)
+        self.host = f"{address}:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Recorder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def no_name_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every host name tor-sets tries to resolve; a name (not an address literal) is refused, so nothing can reach
+    a resolver, let alone the host it names, even on code that would try."""
+    import ipaddress
+
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def guarded(host: object, *args: object, **kwargs: object) -> object:
+        text = host.decode() if isinstance(host, bytes) else str(host)
+        try:
+            ipaddress.ip_address(text.strip("[]"))
+        except ValueError:
+            looked_up.append(text)
+            raise socket.gaierror(socket.EAI_NONAME, "name lookups are refused in this test") from None
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    return looked_up
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tor-sets: error: "), err
+    return lines[0]
+
+
+def test_userinfo_shaped_registry_is_refused_before_any_connection(
+    rules_file: Path, capsys: pytest.CaptureFixture[str], no_name_lookups: list[str]
+) -> None:
+    """Issue 13, item 11: ``127.0.0.1:5000@host`` looked like loopback, but HTTP libraries read ``127.0.0.1:5000``
+    as user information and connect to ``host`` in clear. The trap listens where such a reference would really
+    connect (another loopback address); the name lookup guard catches the remote variant."""
+    with _Recorder("127.0.0.2") as trap, _Recorder("127.0.0.1") as decoy:
+        refs = [
+            f"oci://{decoy.host}@registry.example.com/security/tor-rules:latest",
+            f"oci://{decoy.host}@{trap.host}/security/tor-rules:latest",
+            f"{decoy.host}@{trap.host}/tor-rules",
+        ]
+        for ref in refs:
+            code = _main(["publish", ref, "--rules", str(rules_file)])
+            captured = capsys.readouterr()
+            line = _one_error_line(captured.err)
+            assert code == 2, line
+            assert "'@'" in line and "registry" in line, line
+            assert captured.out == ""
+        with pytest.raises(RegistryError, match="'@'"):
+            fleet.pull(f"oci://{decoy.host}@{trap.host}/security/tor-rules:latest")
+    assert trap.requests == [] and decoy.requests == []
+    assert no_name_lookups == []
+
+
+def _bearer_to(realm: str) -> object:
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(401)
+        handler.send_header("WWW-Authenticate", f'Bearer realm="{realm}",service="tor-sets-test",scope="x:y:pull"')
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return answer
+
+
+@pytest.mark.parametrize("realm_host", ["127.0.0.2:{trap}", "auth.example.net"])
+def test_credentials_never_go_to_a_plain_http_realm_on_another_host(
+    rules_file: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    no_name_lookups: list[str],
+    realm_host: str,
+) -> None:
+    """Issue 13, item 12: a registry on loopback may name any token realm; over plain HTTP the Basic credentials
+    would cross the network in clear. The trap (another loopback address) records whatever reaches it."""
+    monkeypatch.setenv("TOR_SETS_REGISTRY_USERNAME", "alice")
+    monkeypatch.setenv("TOR_SETS_REGISTRY_PASSWORD", PASSWORD)
+    with _Recorder("127.0.0.2") as trap:
+        realm = f"http://{realm_host.format(trap=trap.server.server_address[1])}/token"
+        with _Recorder("127.0.0.1", answer=_bearer_to(realm)) as registry:
+            code = _main(["publish", f"oci://{registry.host}/security/tor-rules", "--rules", str(rules_file)])
+            captured = capsys.readouterr()
+        line = _one_error_line(captured.err)
+        assert code == 3, line
+        assert f"registry {registry.host} sent its token service to {realm}" in line, line
+        assert "plain HTTP" in line
+        assert all("Authorization" not in headers for _, _, headers in registry.requests)
+    assert trap.requests == []
+    assert no_name_lookups == []
+    assert PASSWORD not in captured.err
+
+
+def test_unreachable_realm_is_one_registry_error(
+    rules_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 13, item 12: a realm nobody listens on gave a requests traceback."""
+    monkeypatch.setenv("TOR_SETS_REGISTRY_USERNAME", "alice")
+    monkeypatch.setenv("TOR_SETS_REGISTRY_PASSWORD", PASSWORD)
+    closed = _free_port()
+    realm = f"http://127.0.0.1:{closed}/token"
+    with _Recorder("127.0.0.1", answer=_bearer_to(realm)) as registry:
+        code = _main(["publish", f"oci://{registry.host}/security/tor-rules", "--rules", str(rules_file)])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 3
+    assert line == (
+        f"tor-sets: error: cannot reach the token service of registry {registry.host} at {realm}: Connection refused"
+    )
+
+
+def test_a_token_realm_on_the_registrys_own_loopback_host_still_works(
+    token_registry: tuple[Registry, list[str]], rules_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy refuses only what would leave the registry's host: the token gate's realm is on it."""
+    gate, issued = token_registry
+    monkeypatch.setenv("TOR_SETS_REGISTRY_USERNAME", "alice")
+    monkeypatch.setenv("TOR_SETS_REGISTRY_PASSWORD", PASSWORD)
+    assert _main(["publish", f"oci://{gate.host}/realm/tor-rules", "--rules", str(rules_file)]) == 0
+    assert "repository:realm/tor-rules:pull,push" in issued
+
+
+def test_no_user_information_in_the_pushed_annotations(registry: Registry, tmp_path: Path) -> None:
+    """Issue 13, item 13: the rules header names the source URL, which may carry credentials; neither it nor an
+    ``--annotation`` URL may reach the registry with them."""
+    path = tmp_path / "tor_rules.yaml"
+    path.write_text(
+        rules_text().replace(
+            "# source: https://onionoo.torproject.org/", "# source: https://alice:s3cret-token@onionoo.example/"
+        )
+    )
+    code = _main(
+        [
+            "publish",
+            f"oci://{registry.host}/redact/tor-rules",
+            "--rules",
+            str(path),
+            "--annotation",
+            "org.opencontainers.image.url=https://bob:hunter2@git.example/tor-sets",
+        ]
+    )
+    assert code == 0
+    body = requests.get(registry.api("redact/tor-rules/manifests/latest"), headers={"Accept": OCI_MANIFEST}).content
+    for secret in (b"s3cret-token", b"alice", b"hunter2", b"bob"):
+        assert secret not in body
+    annotations = json.loads(body)["annotations"]
+    assert annotations["tor-sets.data_source"] == "https://***@onionoo.example/details?type=relay&running=true"
+    assert annotations["org.opencontainers.image.source"] == annotations["tor-sets.data_source"]
+    assert annotations["org.opencontainers.image.url"] == "https://***@git.example/tor-sets"
