@@ -1049,9 +1049,9 @@ def parse_ref(ref: str) -> OciRef:
     registry, slash, rest = body.partition("/")
     if "@" in registry:
         raise ReferenceSyntaxError(
-            f"reference {ref!r}: the registry part {registry!r} holds '@', which would make its start user "
-            "information; name the registry as host[:port] (credentials come from TOR_SETS_REGISTRY_USERNAME/"
-            "PASSWORD or the Docker configuration)"
+            f"reference {ref!r}: the registry part {registry!r} holds '@', and an HTTP client would take what "
+            "precedes it for user information and connect to what follows; name the registry as host[:port] "
+            "(credentials come from TOR_SETS_REGISTRY_USERNAME/PASSWORD or the Docker configuration)"
         )
     looks_like_host = "." in registry or ":" in registry or registry == "localhost" or registry.startswith("[")
     if not slash or not rest or not looks_like_host:
@@ -1887,4 +1887,4 @@ def merge_index(existing: str | None, entry: IndexEntry) -> str:
     entries = [e for e in parse_index(existing) if e["name"] != entry.name]
     entries.append(entry.as_yaml())
     entries.sort(key=lambda e: str(e["name"]).encode())
-    return str(yaml.safe_dump(entries, sort_keys=False, default_flow_style=False, allow_unicode=True))
+    return str(yaml.safe_dump(entries, sort_keys=False, default_flow_style=False, allow_unicode=True, width=4096))

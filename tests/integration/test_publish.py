@@ -1186,7 +1186,11 @@ def test_a_table_the_plugin_would_refuse_is_not_published(
     data[-1] ^= 0xFF  # the payload no longer matches its CRC
     broken.write_bytes(bytes(data))
     assert _main(["publish", f"{registry.host}/broken/tor-table", "--table", str(broken)]) == 3
-    _one_error_line(capsys.readouterr().err)
+    line = _one_error_line(capsys.readouterr().err)
+    assert (
+        line
+        == f"tor-sets: error: table {broken} is not one the plugin loads: table checksum mismatch: truncated or corrupt"
+    )
     assert requests.get(registry.api("broken/tor-table/tags/list")).status_code == 404
 
 

@@ -915,7 +915,14 @@ def _example_documents() -> list[tuple[str, dict[str, object]]]:
 
 def test_examples_exist() -> None:
     names = {path.name for path in EXAMPLES.glob("*.yaml")}
-    assert {"configmap.yaml", "cronjob.yaml", "falcoctl-values.yaml", "helm-values.yaml"} <= names
+    assert {
+        "configmap.yaml",
+        "cronjob.yaml",
+        "cronjob-table.yaml",
+        "falcoctl-values.yaml",
+        "falcoctl-plugin-values.yaml",
+        "helm-values.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize(("name", "document"), _example_documents())
@@ -965,9 +972,95 @@ def test_falcoctl_values_follow_the_artifact_and_load_the_file() -> None:
     (values,) = [d for n, d in _example_documents() if n == "falcoctl-values.yaml"]
     artifact = values["falcoctl"]["config"]["artifact"]  # type: ignore[index]
     assert "rulesfile" in artifact["allowedTypes"]
-    ours = "registry.example.com/security/tor-rules:latest"
+    ours = "registry.example.com/security/tor-rules:1"  # the floating major tag
     assert ours in artifact["follow"]["refs"] and ours in artifact["install"]["refs"]
     assert "/etc/falco/tor_rules.yaml" in values["falco"]["rules_files"]  # type: ignore[index]
+
+
+# Value names of the falco chart (falcosecurity/charts, charts/falco/values.yaml, chart 9.1.0 for Falco 0.44.1) and
+# the falcoctl configuration keys it renders verbatim into falcoctl.yaml (templates/falcoctl-configmap.yaml), as
+# falcoctl reads them (internal/config/config.go: artifact.follow.assetsdir, artifact.follow.tmpdir, ...).
+_CHART_FALCOCTL = {"image", "artifact", "config"}
+_CHART_ARTIFACT = {"install", "follow"}
+_CHART_ARTIFACT_CONTAINER = {"enabled", "env", "envFrom", "args", "resources", "securityContext", "mounts"}
+_FALCOCTL_CONFIG = {"indexes", "artifact", "registry", "driver"}
+_FALCOCTL_ARTIFACT = {"allowedTypes", "install", "follow", "noVerify"}
+_FALCOCTL_INSTALL = {"refs", "resolveDeps", "rulesfilesDir", "pluginsDir", "assetsDir", "stateDir"}
+_FALCOCTL_FOLLOW = {
+    "refs",
+    "every",
+    "cron",
+    "falcoversions",
+    "rulesfilesDir",
+    "pluginsDir",
+    "assetsDir",
+    "stateDir",
+    "tmpDir",
+    "startupBehavior",
+}
+
+
+@pytest.mark.parametrize("name", ["falcoctl-values.yaml", "falcoctl-plugin-values.yaml"])
+def test_falcoctl_values_use_the_charts_names(name: str) -> None:
+    (values,) = [d for n, d in _example_documents() if n == name]
+    falcoctl: dict[str, Any] = values["falcoctl"]  # type: ignore[assignment]
+    assert set(falcoctl) <= _CHART_FALCOCTL
+    assert set(falcoctl["artifact"]) <= _CHART_ARTIFACT
+    for container in falcoctl["artifact"].values():
+        assert set(container) <= _CHART_ARTIFACT_CONTAINER and container["enabled"] is True
+    config = falcoctl["config"]
+    assert set(config) <= _FALCOCTL_CONFIG
+    assert set(config["artifact"]) <= _FALCOCTL_ARTIFACT
+    assert set(config["artifact"]["install"]) <= _FALCOCTL_INSTALL
+    assert set(config["artifact"]["follow"]) <= _FALCOCTL_FOLLOW
+    assert set(config["artifact"]["allowedTypes"]) <= set(fleet.ARTIFACT_TYPES)
+
+
+def test_falcoctl_plugin_values_install_three_artifacts_and_follow_the_table() -> None:
+    from tor_sets.plugin.rules import DEFAULT_CHECK_INTERVAL_S, DEFAULT_TABLE, PLUGIN_NAME
+
+    (values,) = [d for n, d in _example_documents() if n == "falcoctl-plugin-values.yaml"]
+    config = values["falcoctl"]["config"]  # type: ignore[index]
+    artifact = config["artifact"]
+    assert set(artifact["allowedTypes"]) == {"rulesfile", "plugin", "asset"}
+    assert "falcosecurity" in [index["name"] for index in config["indexes"]]  # a list replaces the chart's
+    install, follow = artifact["install"], artifact["follow"]
+    assert install["resolveDeps"] is True  # the plugin comes as the rules' dependency
+    assert {"tor-plugin-rules:1", "tor-table:1"} <= set(install["refs"])
+    assert "tor-table:1" in follow["refs"]
+    assert not [ref for ref in follow["refs"] if ref.startswith((PLUGIN_NAME, "tor-plugin-rules"))]
+    # the table lands in the rulesfiles volume, which the chart mounts at /etc/falco in the Falco container
+    assert follow["assetsDir"] == install["assetsDir"] == follow["tmpDir"] == "/rulesfiles"
+    falco = values["falco"]  # type: ignore[index]
+    assert "/etc/falco/tor_plugin_rules.yaml" in falco["rules_files"]
+    assert falco["load_plugins"] == [PLUGIN_NAME]
+    (plugin,) = falco["plugins"]
+    assert plugin == {
+        "name": PLUGIN_NAME,
+        "library_path": "libtorsets.so",
+        "init_config": {"table": DEFAULT_TABLE, "check_interval_s": DEFAULT_CHECK_INTERVAL_S},
+    }
+
+
+def test_cronjob_table_example_publishes_the_table() -> None:
+    (cronjob,) = [d for n, d in _example_documents() if n == "cronjob-table.yaml"]
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[index]
+    assert pod["initContainers"][0]["args"][:2] == ["plugin", "table"]
+    assert "--no-fallback" in pod["initContainers"][0]["args"]
+    publish_args = pod["containers"][0]["args"]
+    assert publish_args[0] == "publish" and publish_args[2:] == ["--table", "/data/tor.table"]
+    args = _parse(publish_args)
+    assert args.table == Path("/data/tor.table") and not args.plugin
+
+
+def test_fleet_doc_shows_the_index_entry_publish_writes() -> None:
+    text = (REPO / "docs" / "fleet.md").read_text()
+    section = text[text.index("### Installing by name") :]
+    (shown,) = re.findall(r"```yaml\n(.*?)```", section[: section.index("```sh")], flags=re.S)
+    result = fleet.PublishResult(
+        "sha256:" + "0" * 64, "registry.example.com/security/tor-rules:latest", (), "rulesfile", "tor-rules", "1.0.0"
+    )
+    assert fleet.merge_index(None, fleet.index_entry(result)) == shown
 
 
 @pytest.mark.parametrize("name", ["configmap.yaml", "helm-values.yaml"])

@@ -28,6 +28,7 @@ from tor_sets.fleet import (
     index_entry,
     merge_index,
     parse_index,
+    parse_ref,
     publish,
     publish_asset,
     publish_plugin,
@@ -145,6 +146,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Publish, print the result (or the index entry) as YAML on stdout, and return 0."""
     _check_options(args)
+    parse_ref(args.ref)  # a bad reference stops before any file is read
     index_path = Path(args.index_entry) if args.index_entry not in (None, "-") else None
     existing_index = _read_index(index_path) if index_path is not None else None  # a bad index stops before the push
     started = time.monotonic()
@@ -245,7 +247,10 @@ def _publish_table(args: argparse.Namespace) -> PublishResult:
         data = path.read_bytes()
     except OSError as exc:
         raise TorSetsError(f"cannot read table {path}: {exc.strerror or exc}") from exc
-    table = decode(data)  # what the plugin would refuse is never published
+    try:
+        table = decode(data)  # what the plugin would refuse is never published
+    except TorSetsError as exc:
+        raise TorSetsError(f"table {path} is not one the plugin loads: {exc}") from exc
     published = datetime.fromtimestamp(table.published, UTC) if table.published else None
     version = args.version
     if version is None:
