@@ -745,7 +745,8 @@ class Artifact:
             return OCI_MANIFEST_MEDIA_TYPE, self.images[0].manifest()
         manifests = []
         for image in self.images:
-            assert image.platform is not None, "a plugin image names its platform"
+            if image.platform is None:
+                raise ValueError("every image of a plugin artifact names its platform")
             descriptor = _descriptor(OCI_MANIFEST_MEDIA_TYPE, image.manifest())
             descriptor["platform"] = {"architecture": image.platform[1], "os": image.platform[0]}
             manifests.append(descriptor)

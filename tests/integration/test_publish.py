@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -848,7 +849,9 @@ def falcoctl_fetch_reference(registry: Registry, repository: str, reference: str
     return response.headers["Content-Type"], response.content, digest
 
 
-def falcoctl_manifest(registry: Registry, repository: str, reference: str, os: str = "linux", arch: str = "amd64"):
+def falcoctl_manifest(
+    registry: Registry, repository: str, reference: str, os: str = "linux", arch: str = "amd64"
+) -> dict[str, Any]:
     """puller.RawManifest: a manifest, or for an image index the manifest whose platform matches os/arch."""
     media_type, body, _ = falcoctl_fetch_reference(registry, repository, reference)
     if media_type == "application/vnd.oci.image.index.v1+json":
@@ -859,7 +862,7 @@ def falcoctl_manifest(registry: Registry, repository: str, reference: str, os: s
         media_type, body, digest = falcoctl_fetch_reference(registry, repository, found[0]["digest"])
         assert digest == found[0]["digest"] and len(body) == found[0]["size"]
     assert media_type == OCI_MANIFEST  # pusher: "Always pushed as OCI Image Manifest"
-    manifest = json.loads(body)
+    manifest: dict[str, Any] = json.loads(body)
     assert len(manifest["layers"]) >= 1, "puller: no layers in manifest"
     return manifest
 
