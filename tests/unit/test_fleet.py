@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import base64
 import gzip
+import hashlib
 import io
 import json
 import logging
 import random
 import re
+import sys
 import tarfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,12 @@ import yaml
 
 from tor_sets import fleet
 from tor_sets.cli import publish as publish_cli
+from tor_sets.errors import UsageError
 from tor_sets.fleet import RegistryError, RulesHeader
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "docs" / "examples"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 # --- a realistic rules file ----------------------------------------------------------------------------------
@@ -234,7 +238,6 @@ def test_default_annotations_come_from_the_file_alone() -> None:
     assert fleet.default_annotations(header, filename="tor_rules.yaml", tool_version="9.9.9") == {
         "org.opencontainers.image.title": "tor_rules.yaml",
         "org.opencontainers.image.created": "2026-02-28T01:00:00Z",
-        "org.opencontainers.image.version": "2026-02-28T0100",
         "org.opencontainers.image.source": "https://onionoo.example/details",
         "tor-sets.relays_published": "2026-02-28T01:00:00Z",
         "tor-sets.data_source": "https://onionoo.example/details",
@@ -253,9 +256,9 @@ def test_default_annotations_come_from_the_file_alone() -> None:
 
 def test_layer_is_deterministic_and_falcoctl_shaped(rules_text: str) -> None:
     rules = rules_text.encode()
-    layer = fleet.rulesfile_layer(rules, "tor_rules.yaml")
-    assert layer == fleet.rulesfile_layer(rules, "tor_rules.yaml")
-    assert layer != fleet.rulesfile_layer(rules + b"\n", "tor_rules.yaml")
+    layer = fleet.file_layer(rules, "tor_rules.yaml")
+    assert layer == fleet.file_layer(rules, "tor_rules.yaml")
+    assert layer != fleet.file_layer(rules + b"\n", "tor_rules.yaml")
     assert layer[:2] == b"\x1f\x8b" and layer[4:8] == b"\0\0\0\0"  # gzip, mtime 0
     assert layer[3] & 0x08 == 0  # no file name in the gzip header
     raw = gzip.decompress(layer)
@@ -268,9 +271,17 @@ def test_layer_is_deterministic_and_falcoctl_shaped(rules_text: str) -> None:
         assert extracted is not None and extracted.read() == rules
 
 
-def test_layer_refuses_paths() -> None:
+@pytest.mark.parametrize("name", ["rules/tor_rules.yaml", "..", "", "a..b"])
+def test_layer_refuses_paths(name: str) -> None:
+    """falcoctl refuses any tar entry whose name holds '..' (internal/utils/extract.go, ExtractTarGz)."""
     with pytest.raises(ValueError):
-        fleet.rulesfile_layer(b"x", "rules/tor_rules.yaml")
+        fleet.file_layer(b"x", name)
+
+
+def test_plugin_layer_is_executable() -> None:
+    with tarfile.open(fileobj=io.BytesIO(fleet.file_layer(b"\x7fELF", "libtorsets.so", mode=0o755))) as tar:
+        (member,) = tar.getmembers()
+        assert (member.name, member.mode, member.isfile()) == ("libtorsets.so", 0o755, True)
 
 
 @pytest.mark.parametrize(
@@ -287,9 +298,14 @@ def test_engine_requirement_refuses(given: str) -> None:
 
 
 def test_config_is_falcoctl_artifact_config() -> None:
-    config = json.loads(fleet.rulesfile_config("tor-rules", "0.31.0"))
-    assert config == {"name": "tor-rules", "requirements": [{"name": "engine_version_semver", "version": "0.31.0"}]}
-    assert json.loads(fleet.rulesfile_config("tor-rules", None)) == {"name": "tor-rules"}
+    config = json.loads(fleet.rulesfile_config("tor-rules", "1.20260228.100", engine_version="0.31.0"))
+    assert config == {
+        "name": "tor-rules",
+        "version": "1.20260228.100",
+        "requirements": [{"name": "engine_version_semver", "version": "0.31.0"}],
+    }
+    bare = fleet.rulesfile_config("tor-rules", "1.2.3", engine_version=None)
+    assert bare == b'{"name":"tor-rules","version":"1.2.3"}'  # Go's omitempty: no empty lists
 
 
 @pytest.mark.parametrize(
@@ -307,9 +323,19 @@ def test_engine_version_in_rules(line: str, expected: str | None) -> None:
 
 
 def test_manifest_shape() -> None:
-    config = fleet.rulesfile_config("tor-rules", "0.31.0")
-    layer = fleet.rulesfile_layer(b"- list: a\n  items: []\n", "tor_rules.yaml")
-    manifest = json.loads(fleet._manifest(config, layer, "tor_rules.tar.gz", {"b": "2", "a": "1"}))
+    artifact = fleet.rulesfile_artifact(
+        b"- list: a\n  items: []\n",
+        "tor_rules.yaml",
+        name="tor-rules",
+        version="1.2.3",
+        engine_version="0.31.0",
+        annotations={"b": "2", "a": "1"},
+    )
+    (image,) = artifact.images
+    config, layer = image.config, image.layer
+    media_type, body = artifact.root()
+    assert media_type == "application/vnd.oci.image.manifest.v1+json" and body == image.manifest()
+    manifest = json.loads(body)
     assert manifest["schemaVersion"] == 2
     assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     assert manifest["config"]["mediaType"] == "application/vnd.cncf.falco.rulesfile.config.v1+json"
@@ -317,7 +343,324 @@ def test_manifest_shape() -> None:
     (descriptor,) = manifest["layers"]
     assert descriptor["mediaType"] == "application/vnd.cncf.falco.rulesfile.layer.v1+tar.gz"
     assert descriptor["annotations"] == {"org.opencontainers.image.title": "tor_rules.tar.gz"}
-    assert list(manifest["annotations"]) == ["a", "b"]
+    assert descriptor["size"] == len(layer)
+    assert list(manifest["annotations"]) == [
+        "a",
+        "b",
+        "org.opencontainers.image.title",
+        "org.opencontainers.image.version",
+    ]
+    assert manifest["annotations"]["org.opencontainers.image.version"] == "1.2.3"
+
+
+# --- versions, tags, dependencies: what falcoctl reads from a config --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("published", "major", "expected"),
+    [
+        (datetime(2026, 2, 28, 1, 0, tzinfo=UTC), 1, "1.20260228.100"),  # 01:00: HHMM 0100 as the integer 100
+        (datetime(2026, 3, 1, 0, 0, tzinfo=UTC), 1, "1.20260301.0"),
+        (datetime(2026, 3, 1, 0, 5, tzinfo=UTC), 1, "1.20260301.5"),
+        (datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC), 1, "1.20261231.2359"),
+        (datetime(2026, 1, 9, 10, 5, tzinfo=UTC), 0, "0.20260109.1005"),
+        (datetime(2026, 2, 28, 2, 0, tzinfo=timezone(timedelta(hours=1))), 2, "2.20260228.100"),  # to UTC first
+    ],
+)
+def test_data_version(published: datetime, major: int, expected: str) -> None:
+    version = fleet.data_version(published, major)
+    assert version == expected
+    assert _BLANG_SEMVER.fullmatch(version), "blang/semver's strict Parse refuses leading zeros"
+
+
+# github.com/blang/semver (v3 and v4) Parse: MAJOR.MINOR.PATCH, numeric parts without leading zeros
+_BLANG_SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
+
+
+def test_data_version_grows_with_the_data() -> None:
+    times = [datetime(2026, 2, 28, 23, 0, tzinfo=UTC) + timedelta(minutes=30 * i) for i in range(6)]
+    versions = [tuple(int(p) for p in fleet.data_version(t).split(".")) for t in times]
+    assert versions == sorted(versions) and len(set(versions)) == len(versions)
+
+
+def test_floating_tags_are_falcoctls() -> None:
+    """``falcoctl registry push --add-floating-tags`` adds version, "Major" and "Major.Minor"
+    (falcosecurity/falcoctl, cmd/registry/push/push.go)."""
+    assert fleet.floating_tags("1.20260228.100") == ("1", "1.20260228")
+    assert fleet.floating_tags("0.1.0") == ("0", "0.1")
+
+
+@pytest.mark.parametrize("version", ["1.2", "01.2.3", "1.02.3", "1.2.03", "v1.2.3", "1.2.3-rc1", "1.2.3+x", ""])
+def test_check_version_refuses(version: str) -> None:
+    with pytest.raises(UsageError, match="MAJOR.MINOR.PATCH"):
+        fleet.check_version(version)
+
+
+def test_artifact_tags_fixed_first_then_moving() -> None:
+    artifact = fleet.Artifact("rulesfile", "tor-rules", "1.20260228.100", ())
+    assert artifact.tags("latest", ["2026-02-28T0100", "stable"]) == (
+        "1.20260228.100",
+        "2026-02-28T0100",
+        "stable",
+        "latest",
+        "1",
+        "1.20260228",
+    )
+    assert artifact.tags("1", floating=False) == ("1.20260228.100", "1")
+    assert artifact.tags("1") == ("1.20260228.100", "1", "1.20260228")  # no tag twice
+
+
+@pytest.mark.parametrize(
+    ("rules", "expected"),
+    [
+        ("- list: a\n  items: []\n", []),
+        ("", []),
+        (
+            "- required_engine_version: 0.40.0\n- required_plugin_versions:\n  - name: torsets\n    version: 0.1.0\n",
+            [{"name": "torsets", "version": "0.1.0"}],
+        ),
+        (  # numbers stay text: 1.10 is not 1.1
+            "- required_plugin_versions:\n  - {name: k8saudit, version: 1.10}\n  - {name: json, version: 0.7.0}\n",
+            [{"name": "k8saudit", "version": "1.10"}, {"name": "json", "version": "0.7.0"}],
+        ),
+        (
+            "- required_plugin_versions:\n  - name: k8saudit\n    version: 0.7.0\n    alternatives:\n"
+            "      - name: k8saudit-eks\n        version: 0.4.0\n",
+            [
+                {
+                    "name": "k8saudit",
+                    "version": "0.7.0",
+                    "alternatives": [{"name": "k8saudit-eks", "version": "0.4.0"}],
+                }
+            ],
+        ),
+        (  # falcoctl reads the first such item only
+            "- required_plugin_versions: [{name: a, version: 1.0.0}]\n"
+            "- required_plugin_versions: [{name: b, version: 2.0.0}]\n",
+            [{"name": "a", "version": "1.0.0"}],
+        ),
+    ],
+)
+def test_plugin_dependencies_as_falcoctl_copies_them(rules: str, expected: list[dict[str, object]]) -> None:
+    """falcoctl's registry push unmarshals the rules file's ``required_plugin_versions`` into ``[]ArtifactDependency``
+    (cmd/registry/push/push.go, rulesConfigLayer; pkg/oci/types.go)."""
+    assert [d.as_json() for d in fleet.plugin_dependencies(rules)] == expected
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        "a: b\n",
+        "- required_plugin_versions: torsets\n",
+        "- required_plugin_versions:\n  - torsets\n",
+        "- required_plugin_versions:\n  - name: torsets\n",
+        "- required_plugin_versions:\n  - {name: a, version: 1.0.0, alternatives: x}\n",
+        "- [unclosed\n",
+    ],
+)
+def test_plugin_dependencies_refuses(rules: str) -> None:
+    from tor_sets.errors import RuleError
+
+    with pytest.raises(RuleError, match="my.yaml"):
+        fleet.plugin_dependencies(rules, where="my.yaml")
+
+
+def test_artifact_config_key_order_and_omitempty() -> None:
+    """pkg/oci/types.go: ``ArtifactConfig{Name, Version, Dependencies, Requirements}``, each ``omitempty``;
+    ``SetRequirement`` keeps requirements sorted by name."""
+    dependency = fleet.Dependency("torsets", "0.1.0", (fleet.Dependency("torsets-lite", "0.1.0"),))
+    config = fleet.artifact_config("r", "1.0.0", dependencies=[dependency], requirements={"z": "1.0.0", "a": "2.0.0"})
+    assert config == (
+        b'{"name":"r","version":"1.0.0","dependencies":[{"name":"torsets","version":"0.1.0","alternatives":'
+        b'[{"name":"torsets-lite","version":"0.1.0"}]}],"requirements":[{"name":"a","version":"2.0.0"},'
+        b'{"name":"z","version":"1.0.0"}]}'
+    )
+
+
+def test_rulesfile_artifact_copies_dependencies_and_engine() -> None:
+    rules = b"- required_engine_version: 0.40.0\n- required_plugin_versions:\n  - name: torsets\n    version: 0.1.0\n"
+    artifact = fleet.rulesfile_artifact(
+        rules, "tor_plugin_rules.yaml", name="tor-plugin-rules", version="1.20260228.100", engine_version=None
+    )
+    assert json.loads(artifact.images[0].config) == {
+        "name": "tor-plugin-rules",
+        "version": "1.20260228.100",
+        "dependencies": [{"name": "torsets", "version": "0.1.0"}],
+        "requirements": [{"name": "engine_version_semver", "version": "0.40.0"}],
+    }
+    assert artifact.images[0].layer_title == "tor_plugin_rules.tar.gz"
+
+
+def test_asset_artifact() -> None:
+    artifact = fleet.asset_artifact(b"TORSETS\0", "tor.table", name="tor-table", version="1.20260228.100")
+    (image,) = artifact.images
+    assert json.loads(image.config) == {"name": "tor-table", "version": "1.20260228.100"}
+    manifest = json.loads(image.manifest())
+    assert manifest["config"]["mediaType"] == "application/vnd.cncf.falco.asset.config.v1+json"
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.cncf.falco.asset.layer.v1+tar.gz"
+    assert manifest["layers"][0]["annotations"] == {"org.opencontainers.image.title": "tor.tar.gz"}
+    assert artifact.root()[0] == "application/vnd.oci.image.manifest.v1+json"
+
+
+def _library(arch: str = "amd64", **identity: str) -> fleet.PluginLibrary:
+    fields = {"name": "torsets", "version": "0.1.0", "required_api_version": "3.3.0", "description": "d"} | identity
+    return fleet.PluginLibrary(
+        b"\x7fELF" + arch.encode(), "libtorsets.so", ("linux", arch), fleet.PluginIdentity(**fields)
+    )
+
+
+def test_plugin_artifact_is_an_index_of_platform_manifests() -> None:
+    artifact = fleet.plugin_artifact([_library("arm64"), _library("amd64")], {"org.opencontainers.image.source": "x"})
+    media_type, body = artifact.root()
+    assert media_type == "application/vnd.oci.image.index.v1+json"
+    index = json.loads(body)
+    assert index["schemaVersion"] == 2 and index["mediaType"] == media_type
+    platforms = [m["platform"] for m in index["manifests"]]
+    assert platforms == [{"architecture": "amd64", "os": "linux"}, {"architecture": "arm64", "os": "linux"}]
+    for descriptor, image in zip(index["manifests"], artifact.images, strict=True):
+        manifest = image.manifest()
+        assert descriptor["digest"] == "sha256:" + hashlib.sha256(manifest).hexdigest()
+        assert descriptor["size"] == len(manifest) and descriptor["mediaType"] == OCI_MANIFEST
+        assert json.loads(image.config) == {
+            "name": "torsets",
+            "version": "0.1.0",
+            "requirements": [{"name": "plugin_api_version", "version": "3.3.0"}],
+        }
+        layer = json.loads(manifest)["layers"][0]
+        assert layer["mediaType"] == "application/vnd.cncf.falco.plugin.layer.v1+tar.gz"
+        assert layer["annotations"] == {"org.opencontainers.image.title": "libtorsets.tar.gz"}
+    assert (artifact.name, artifact.version, artifact.kind) == ("torsets", "0.1.0", "plugin")
+    assert index["annotations"]["org.opencontainers.image.version"] == "0.1.0"
+
+
+@pytest.mark.parametrize(
+    ("libraries", "message"),
+    [
+        ([], "at least one"),
+        ([_library(), _library()], "same platform"),
+        ([_library("amd64"), _library("arm64", version="0.2.0")], "disagree"),
+    ],
+)
+def test_plugin_artifact_refuses(libraries: list[fleet.PluginLibrary], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        fleet.plugin_artifact(libraries)
+
+
+def _elf(cls: int = 2, data: int = 1, machine: int = 0x3E) -> bytes:
+    return b"\x7fELF" + bytes([cls, data, 1]) + bytes(9) + (3).to_bytes(2, "little") + machine.to_bytes(2, "little")
+
+
+def test_elf_platform() -> None:
+    assert fleet.elf_platform(_elf()) == ("linux", "amd64")
+    assert fleet.elf_platform(_elf(machine=0xB7)) == ("linux", "arm64")
+    for bad, message in [
+        (b"MZ" + bytes(30), "not an ELF"),
+        (_elf(cls=1), "64-bit"),
+        (_elf(data=2), "little-endian"),
+        (_elf(machine=0x28), "machine 0x28"),
+        (b"\x7fELF", "not an ELF"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            fleet.elf_platform(bad)
+
+
+def test_read_plugin_refuses_what_is_not_a_loadable_plugin(tmp_path: Path) -> None:
+    text = tmp_path / "libtorsets.so"
+    text.write_text("not a library")
+    with pytest.raises(UsageError, match="not an ELF"):
+        fleet.read_plugin(text)
+    foreign = tmp_path / "libforeign.so"
+    foreign.write_bytes(
+        _elf(machine=0xB7 if fleet.elf_platform(Path(sys.executable).read_bytes())[1] == "amd64" else 0x3E)
+    )
+    with pytest.raises(UsageError, match="cannot load plugin library .*libforeign.so on this machine"):
+        fleet.read_plugin(foreign)
+    with pytest.raises(UsageError, match="cannot read plugin library"):
+        fleet.read_plugin(tmp_path / "missing.so")
+
+
+def test_annotations_never_carry_user_information() -> None:
+    """Issue 13, item 13: whatever the caller passes, a URL's user information never reaches a manifest."""
+    image = fleet.Image(
+        "rulesfile",
+        b"{}",
+        b"",
+        "t.tar.gz",
+        {"tor-sets.data_source": "https://u:secret@onionoo.example/details", "x": "see http://a:b@c.example/"},
+    )
+    manifest = image.manifest()
+    assert b"secret" not in manifest and b"a:b@" not in manifest
+    assert json.loads(manifest)["annotations"] == {
+        "tor-sets.data_source": "https://***@onionoo.example/details",
+        "x": "see http://***@c.example/",
+    }
+    header = RulesHeader(source="http://u:secret@onionoo.example/details")
+    annotations = fleet.default_annotations(header, filename="r.yaml", tool_version=None)
+    assert annotations["org.opencontainers.image.source"] == "http://***@onionoo.example/details"
+    assert "secret" not in json.dumps(annotations)
+
+
+# --- falcoctl's index ----------------------------------------------------------------------------------------
+
+
+def test_index_entry_names_what_falcoctl_resolves() -> None:
+    """pkg/index/index/index.go: ``Entry`` (name, type, registry, repository are mandatory); ``ResolveReference``
+    turns ``NAME[:TAG]`` into ``REGISTRY/REPOSITORY:TAG`` through the entry named ``NAME``."""
+    result = fleet.PublishResult(
+        "sha256:" + "0" * 64, "127.0.0.1:5000/sec/torsets:latest", (), "plugin", "torsets", "0.1.0"
+    )
+    entry = fleet.index_entry(result)
+    assert (entry.name, entry.type, entry.registry, entry.repository) == (
+        "torsets",
+        "plugin",
+        "127.0.0.1:5000",
+        "sec/torsets",
+    )
+    assert list(entry.as_yaml()) == ["name", "type", "registry", "repository", "description", "keywords"]
+
+
+def test_merge_index_replaces_sorts_and_keeps_the_rest() -> None:
+    existing = yaml.safe_dump(
+        [
+            {"name": "zeta", "type": "rulesfile", "registry": "r", "repository": "z", "signature": {"cosign": {}}},
+            {"name": "tor-rules", "type": "rulesfile", "registry": "old", "repository": "old"},
+        ]
+    )
+    entry = fleet.IndexEntry("tor-rules", "rulesfile", "127.0.0.1:5000", "sec/tor-rules")
+    merged = yaml.safe_load(fleet.merge_index(existing, entry))
+    assert [e["name"] for e in merged] == ["tor-rules", "zeta"]
+    assert merged[0] == {
+        "name": "tor-rules",
+        "type": "rulesfile",
+        "registry": "127.0.0.1:5000",
+        "repository": "sec/tor-rules",
+    }
+    assert merged[1]["signature"] == {"cosign": {}}  # unknown to us, kept
+    again = fleet.merge_index(fleet.merge_index(existing, entry), entry)
+    assert again == fleet.merge_index(existing, entry)
+
+
+@pytest.mark.parametrize("text", ["a: b\n", "- name: a\n- name: a\n", "- type: plugin\n", "[unclosed\n"])
+def test_parse_index_refuses(text: str) -> None:
+    with pytest.raises(UsageError, match="index"):
+        fleet.parse_index(text)
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            'Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push"',
+            ("bearer", {"realm": "https://auth.example/token", "service": "reg", "scope": "repository:a/b:pull,push"}),
+        ),
+        ('Basic realm="tor-sets test"', ("basic", {"realm": "tor-sets test"})),
+        ("bearer realm=https://a.example/t, service=x", ("bearer", {"realm": "https://a.example/t", "service": "x"})),
+        ('Bearer realm="a\\"b"', ("bearer", {"realm": 'a"b'})),
+        ("", ("", {})),
+    ],
+)
+def test_challenge(header: str, expected: tuple[str, dict[str, str]]) -> None:
+    assert fleet._challenge(header) == expected
 
 
 # --- references, plain HTTP, credentials ---------------------------------------------------------------------
@@ -354,11 +697,38 @@ def test_parse_ref(ref: str, registry: str, repository: str, reference: str) -> 
         "registry.example.com/tor:bad/tag",
         "registry.example.com/tor:" + "x" * 129,
         "registry.example.com/tor@sha256:abc",
+        "127.0.0.1:5000@registry.example.com/tor",  # '@' before the host: user information to an HTTP library
+        "user:pass@registry.example.com/tor",
+        "registry.example.com:99999/tor",
+        "registry.example.com:0/tor",
+        "[::1/tor",
+        "[::g]:5000/tor",
+        "registry example.com/tor",
+        "registry.example.com\\@127.0.0.1/tor",
+        "registry.example.com#x/tor",
+        "regi$try.example.com/tor",
+        "-registry.example.com/tor",
     ],
 )
 def test_parse_ref_refuses(ref: str) -> None:
-    with pytest.raises(RegistryError, match="reference"):
+    with pytest.raises(fleet.ReferenceSyntaxError, match="reference") as caught:
         fleet.parse_ref(ref)
+    assert caught.value.exit_code == 2  # a usage error
+    assert isinstance(caught.value, RegistryError) and isinstance(caught.value, UsageError)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:5000/v2/", "http://[::1]:5000/v2/", "https://registry.example.com/v2/", "http://localhost/v2/"],
+)
+def test_registry_part_is_the_host_the_http_library_connects_to(url: str) -> None:
+    """What parse_ref accepts as a registry is, as urllib3 parses the URL built from it, the host and port."""
+    import urllib3
+
+    registry = url.split("/")[2]
+    parsed = urllib3.util.parse_url(f"{url.split(':')[0]}://{fleet.parse_ref(registry + '/tor').registry}/v2/")
+    assert parsed.auth is None
+    assert fleet._same_host(parsed.host or "", registry)
 
 
 @pytest.mark.parametrize(
@@ -384,25 +754,25 @@ def test_loopback(registry: str, loopback: bool) -> None:
 def test_plain_http_to_a_remote_host_is_refused_before_anything_else(tmp_path: Path) -> None:
     missing = tmp_path / "not-there.yaml"  # not read: the refusal comes first
     with pytest.raises(RegistryError, match=r"plain HTTP is allowed only for a loopback registry.*registry\.example"):
-        fleet.publish(
-            "oci://registry.example.com/tor:latest", missing, engine_version=None, annotations={}, plain_http=True
-        )
+        fleet.publish("oci://registry.example.com/tor:latest", missing, version="1.2.3", plain_http=True)
 
 
 def test_publish_checks_tags_and_ref_before_the_network(tmp_path: Path) -> None:
     rules = tmp_path / "tor_rules.yaml"
     rules.write_text("- list: a\n  items: []\n")
     with pytest.raises(RegistryError, match="not a valid tag"):
-        fleet.publish("127.0.0.1:1/tor:latest", rules, engine_version=None, annotations={}, extra_tags=["a b"])
+        fleet.publish("127.0.0.1:1/tor:latest", rules, version="1.2.3", extra_tags=["a b"])
     with pytest.raises(RegistryError, match="not a digest"):
-        fleet.publish("127.0.0.1:1/tor@sha256:" + "0" * 64, rules, engine_version=None, annotations={})
+        fleet.publish("127.0.0.1:1/tor@sha256:" + "0" * 64, rules, version="1.2.3")
+    with pytest.raises(UsageError, match="not MAJOR.MINOR.PATCH"):
+        fleet.publish("127.0.0.1:1/tor:latest", rules, version="1.2")
 
 
 def test_missing_rules_file_is_a_rule_error(tmp_path: Path) -> None:
     from tor_sets.errors import RuleError
 
     with pytest.raises(RuleError, match="cannot read rules file"):
-        fleet.publish("127.0.0.1:1/tor:latest", tmp_path / "none.yaml", engine_version=None, annotations={})
+        fleet.publish("127.0.0.1:1/tor:latest", tmp_path / "none.yaml", version="1.2.3")
 
 
 def _docker_config(folder: Path, auths: dict[str, object], **extra: object) -> dict[str, str]:
@@ -491,6 +861,36 @@ def test_cli_arguments() -> None:
     assert _parse(["publish", "registry.example.com/tor"]).plain_http is None
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--plugin", "libtorsets.so", "--version", "1.2.3"], "--version does not apply to --plugin"),
+        (["--plugin", "libtorsets.so", "--name", "x"], "--name does not apply to --plugin"),
+        (["--table", "tor.table", "--major", "2"], "--major does not apply to --table"),
+        (["--table", "tor.table", "--engine-version", "0.40.0"], "--engine-version does not apply to --table"),
+        (["--version", "1.2"], "not MAJOR.MINOR.PATCH"),
+        (["--version", "1.2.3", "--major", "1"], "contradict"),
+    ],
+)
+def test_cli_refuses_options_that_do_not_apply(argv: list[str], message: str) -> None:
+    args = _parse(["publish", "127.0.0.1:1/tor", *argv])
+    with pytest.raises(UsageError, match=message):
+        publish_cli.run(args)  # refused before any file is read or any connection made
+
+
+def test_cli_what_to_push_is_one_of_three(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _parse(["publish", "r.example.com/tor", "--plugin", "a.so", "--plugin", "b.so"]).plugin == [
+        Path("a.so"),
+        Path("b.so"),
+    ]
+    with pytest.raises(SystemExit) as caught:
+        _parse(["publish", "r.example.com/tor", "--plugin", "a.so", "--table", "t"])
+    assert caught.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parse(["publish", "r.example.com/tor", "--major", "01"])
+
+
 def test_cli_bad_annotation_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         _parse(["publish", "registry.example.com/tor", "--annotation", "no-equals-sign"])
@@ -515,7 +915,14 @@ def _example_documents() -> list[tuple[str, dict[str, object]]]:
 
 def test_examples_exist() -> None:
     names = {path.name for path in EXAMPLES.glob("*.yaml")}
-    assert {"configmap.yaml", "cronjob.yaml", "falcoctl-values.yaml", "helm-values.yaml"} <= names
+    assert {
+        "configmap.yaml",
+        "cronjob.yaml",
+        "cronjob-table.yaml",
+        "falcoctl-values.yaml",
+        "falcoctl-plugin-values.yaml",
+        "helm-values.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize(("name", "document"), _example_documents())
@@ -565,9 +972,95 @@ def test_falcoctl_values_follow_the_artifact_and_load_the_file() -> None:
     (values,) = [d for n, d in _example_documents() if n == "falcoctl-values.yaml"]
     artifact = values["falcoctl"]["config"]["artifact"]  # type: ignore[index]
     assert "rulesfile" in artifact["allowedTypes"]
-    ours = "registry.example.com/security/tor-rules:latest"
+    ours = "registry.example.com/security/tor-rules:1"  # the floating major tag
     assert ours in artifact["follow"]["refs"] and ours in artifact["install"]["refs"]
     assert "/etc/falco/tor_rules.yaml" in values["falco"]["rules_files"]  # type: ignore[index]
+
+
+# Value names of the falco chart (falcosecurity/charts, charts/falco/values.yaml, chart 9.1.0 for Falco 0.44.1) and
+# the falcoctl configuration keys it renders verbatim into falcoctl.yaml (templates/falcoctl-configmap.yaml), as
+# falcoctl reads them (internal/config/config.go: artifact.follow.assetsdir, artifact.follow.tmpdir, ...).
+_CHART_FALCOCTL = {"image", "artifact", "config"}
+_CHART_ARTIFACT = {"install", "follow"}
+_CHART_ARTIFACT_CONTAINER = {"enabled", "env", "envFrom", "args", "resources", "securityContext", "mounts"}
+_FALCOCTL_CONFIG = {"indexes", "artifact", "registry", "driver"}
+_FALCOCTL_ARTIFACT = {"allowedTypes", "install", "follow", "noVerify"}
+_FALCOCTL_INSTALL = {"refs", "resolveDeps", "rulesfilesDir", "pluginsDir", "assetsDir", "stateDir"}
+_FALCOCTL_FOLLOW = {
+    "refs",
+    "every",
+    "cron",
+    "falcoversions",
+    "rulesfilesDir",
+    "pluginsDir",
+    "assetsDir",
+    "stateDir",
+    "tmpDir",
+    "startupBehavior",
+}
+
+
+@pytest.mark.parametrize("name", ["falcoctl-values.yaml", "falcoctl-plugin-values.yaml"])
+def test_falcoctl_values_use_the_charts_names(name: str) -> None:
+    (values,) = [d for n, d in _example_documents() if n == name]
+    falcoctl: dict[str, Any] = values["falcoctl"]  # type: ignore[assignment]
+    assert set(falcoctl) <= _CHART_FALCOCTL
+    assert set(falcoctl["artifact"]) <= _CHART_ARTIFACT
+    for container in falcoctl["artifact"].values():
+        assert set(container) <= _CHART_ARTIFACT_CONTAINER and container["enabled"] is True
+    config = falcoctl["config"]
+    assert set(config) <= _FALCOCTL_CONFIG
+    assert set(config["artifact"]) <= _FALCOCTL_ARTIFACT
+    assert set(config["artifact"]["install"]) <= _FALCOCTL_INSTALL
+    assert set(config["artifact"]["follow"]) <= _FALCOCTL_FOLLOW
+    assert set(config["artifact"]["allowedTypes"]) <= set(fleet.ARTIFACT_TYPES)
+
+
+def test_falcoctl_plugin_values_install_three_artifacts_and_follow_the_table() -> None:
+    from tor_sets.plugin.rules import DEFAULT_CHECK_INTERVAL_S, DEFAULT_TABLE, PLUGIN_NAME
+
+    (values,) = [d for n, d in _example_documents() if n == "falcoctl-plugin-values.yaml"]
+    config = values["falcoctl"]["config"]  # type: ignore[index]
+    artifact = config["artifact"]
+    assert set(artifact["allowedTypes"]) == {"rulesfile", "plugin", "asset"}
+    assert "falcosecurity" in [index["name"] for index in config["indexes"]]  # a list replaces the chart's
+    install, follow = artifact["install"], artifact["follow"]
+    assert install["resolveDeps"] is True  # the plugin comes as the rules' dependency
+    assert {"tor-plugin-rules:1", "tor-table:1"} <= set(install["refs"])
+    assert "tor-table:1" in follow["refs"]
+    assert not [ref for ref in follow["refs"] if ref.startswith((PLUGIN_NAME, "tor-plugin-rules"))]
+    # the table lands in the rulesfiles volume, which the chart mounts at /etc/falco in the Falco container
+    assert follow["assetsDir"] == install["assetsDir"] == follow["tmpDir"] == "/rulesfiles"
+    falco = values["falco"]  # type: ignore[index]
+    assert "/etc/falco/tor_plugin_rules.yaml" in falco["rules_files"]
+    assert falco["load_plugins"] == [PLUGIN_NAME]
+    (plugin,) = falco["plugins"]
+    assert plugin == {
+        "name": PLUGIN_NAME,
+        "library_path": "libtorsets.so",
+        "init_config": {"table": DEFAULT_TABLE, "check_interval_s": DEFAULT_CHECK_INTERVAL_S},
+    }
+
+
+def test_cronjob_table_example_publishes_the_table() -> None:
+    (cronjob,) = [d for n, d in _example_documents() if n == "cronjob-table.yaml"]
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[index]
+    assert pod["initContainers"][0]["args"][:2] == ["plugin", "table"]
+    assert "--no-fallback" in pod["initContainers"][0]["args"]
+    publish_args = pod["containers"][0]["args"]
+    assert publish_args[0] == "publish" and publish_args[2:] == ["--table", "/data/tor.table"]
+    args = _parse(publish_args)
+    assert args.table == Path("/data/tor.table") and not args.plugin
+
+
+def test_fleet_doc_shows_the_index_entry_publish_writes() -> None:
+    text = (REPO / "docs" / "fleet.md").read_text()
+    section = text[text.index("### Installing by name") :]
+    (shown,) = re.findall(r"```yaml\n(.*?)```", section[: section.index("```sh")], flags=re.S)
+    result = fleet.PublishResult(
+        "sha256:" + "0" * 64, "registry.example.com/security/tor-rules:latest", (), "rulesfile", "tor-rules", "1.0.0"
+    )
+    assert fleet.merge_index(None, fleet.index_entry(result)) == shown
 
 
 @pytest.mark.parametrize("name", ["configmap.yaml", "helm-values.yaml"])

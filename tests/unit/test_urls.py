@@ -1,4 +1,4 @@
-"""redact_url: the userinfo of a URL never shows; everything else stays as written."""
+"""redact_url: the userinfo of a URL never shows; everything else stays as written (one table, properties)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,15 @@ from tor_sets.urls import redact_url
         ),
         ("", ""),
         ("not a url", "not a url"),
+        ("http://user:p%40ss@[2001:db8::1]:80/", "http://***@[2001:db8::1]:80/"),
+        ("oci://u:p@registry.example.com/tor:latest", "oci://***@registry.example.com/tor:latest"),
+        (
+            "mirror http://u:p@a.example/x and https://v:q@b.example",
+            "mirror http://***@a.example/x and https://***@b.example",
+        ),
+        ("bundled:details-2026-02-28.json.gz", "bundled:details-2026-02-28.json.gz"),
+        ("://", "://"),
+        ("http://[::1", "http://[::1"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:
@@ -49,8 +58,20 @@ def test_a_secret_never_shows(user: str, secret: str) -> None:
 
 
 @given(st.text())
-def test_never_raises(text: str) -> None:
-    assert isinstance(redact_url(text), str)
+def test_never_raises_and_is_idempotent(text: str) -> None:
+    redacted = redact_url(text)
+    assert isinstance(redacted, str)
+    assert redact_url(redacted) == redacted  # nothing left to redact
+
+
+@given(
+    st.from_regex(
+        r"[a-z]{3,8}://[A-Za-z0-9._~-]{1,12}:[A-Za-z0-9._~-]{1,12}@[a-z0-9.-]{1,20}(/[a-z0-9/]*)?", fullmatch=True
+    )
+)
+def test_user_information_is_replaced_and_the_rest_kept(url: str) -> None:
+    scheme, _, rest = url.partition("://")
+    assert redact_url(url) == f"{scheme}://***@{rest.partition('@')[2]}"
 
 
 def test_doctests() -> None:
