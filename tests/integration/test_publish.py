@@ -1121,7 +1121,7 @@ def test_plugin_route_as_falcoctl_installs_it(
     }
     falcoctl_check_requirements(plugin_config, FALCO_0_44_VERSIONS)
     assert installed["tor-plugin-rules"][1]["dependencies"] == [{"name": "torsets", "version": PLUGIN_VERSION}]
-    assert installed["tor-plugin-rules"][1]["requirements"] == [{"name": "engine_version_semver", "version": "0.40.0"}]
+    assert installed["tor-plugin-rules"][1]["requirements"] == [{"name": "engine_version_semver", "version": "0.50.0"}]
     assert installed["tor-table"][1] == {"name": "tor-table", "version": "1.20260228.100"}
     for _, config in installed.values():
         falcoctl_check_requirements(config, FALCO_0_44_VERSIONS)
