@@ -236,6 +236,8 @@ def refresh_options(args: argparse.Namespace) -> RefreshOptions:
         max_bytes=args.max_bytes,
         cache_dir=args.cache_dir or default_cache_dir(),
         progress=False,
+        deadline=args.deadline,
+        max_relays=args.max_relays,
     )
     return RefreshOptions(
         output=args.output,
