@@ -2,8 +2,15 @@
 
 Exports :func:`parse_document` (bytes or text → Snapshot), :func:`read_snapshot` (a JSON or ``.json.gz`` file),
 :func:`bundled_snapshot` (the real snapshot shipped in the package), :class:`FetchSettings`, :func:`fetch`
-(HTTP with timeouts, retries, a size cap enforced while streaming and ``If-Modified-Since`` from a cache folder)
-and :func:`obtain` (live data, else the cached download, else the bundled snapshot).
+(HTTP with timeouts, retries, a total deadline, a size cap enforced while streaming and ``If-Modified-Since`` from
+a cache folder), :func:`obtain` (live data, else the cached download, else the bundled snapshot) and
+:func:`check_not_future`.
+
+Bounds on what a hostile server or file can make tor-sets do: :data:`MAX_BYTES` caps the document after every
+decompression layer (HTTP ``Content-Encoding``, then a ``.json.gz`` body or file, inflated in steps that stop at
+the cap; gzip inside that is refused), :data:`MAX_RELAYS` caps the relays a document may list (counted while the
+JSON is parsed), :data:`MAX_CLOCK_SKEW` bounds how far in the future its date may lie, and
+:data:`DEFAULT_DEADLINE` bounds a whole fetch, retries included, however slowly the server trickles.
 
 Protocol: https://metrics.torproject.org/onionoo.html (version 8). Everything inside a relay object is written
 by whoever runs the relay, so this module is the only place raw JSON is handled: only addresses that
@@ -13,6 +20,8 @@ by whoever runs the relay, so this module is the only place raw JSON is handled:
 from __future__ import annotations
 
 import bisect
+import contextlib
+import functools
 import gzip
 import importlib.resources
 import ipaddress
@@ -22,34 +31,47 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 import urllib.parse
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import requests
 import urllib3
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from tor_sets import __version__
 from tor_sets.errors import DocumentError, FetchError, FetchTimeout, StaleDataError
 from tor_sets.files import atomic_write
 from tor_sets.relays import IPAddress, Relay, Snapshot
+from tor_sets.urls import redact_url
+
+if TYPE_CHECKING:  # urllib3 defines its connection protocols for type checkers only
+    from urllib3._base_connection import BaseHTTPConnection, BaseHTTPSConnection
 
 __all__ = [
     "BUNDLED_SNAPSHOT",
+    "DEFAULT_DEADLINE",
     "DEFAULT_URL",
     "FIELDS",
+    "MAX_BYTES",
+    "MAX_CLOCK_SKEW",
+    "MAX_RELAYS",
     "FetchResult",
     "FetchSettings",
     "Obtained",
     "bundled_snapshot",
+    "check_not_future",
     "default_cache_dir",
     "fetch",
     "obtain",
@@ -75,6 +97,18 @@ FIELDS = (
     "last_seen",
 )
 BUNDLED_SNAPSHOT = "details-derived-guard-exit-2026-02-28.json.gz"
+#: cap on a document's size in bytes after every decompression layer (``--max-bytes``); the bundled answer for
+#: 9,491 relays is 1.6 MB
+MAX_BYTES = 64 * 1024 * 1024
+#: most relays a document may list (``--max-relays``): the network has about 10,000; ten times that is not a
+#: network but an attack on memory and time (1,000,000 relays took 47 s and 1.5 GB)
+MAX_RELAYS = 100_000
+#: how far in the future ``relays_published`` may lie (clocks differ a little); data dated further ahead is refused,
+#: because once deployed it would make every later genuine document look like a rollback
+MAX_CLOCK_SKEW = timedelta(hours=1)
+#: seconds one fetch may take in all, retries included (``--deadline``), on top of the per-read timeout, which a
+#: server trickling a byte at a time never trips
+DEFAULT_DEADLINE = 300.0
 
 _FINGERPRINT = re.compile(r"[0-9A-F]{40}")
 _NICKNAME = re.compile(r"[A-Za-z0-9]{1,19}")
@@ -289,14 +323,81 @@ def _parse_relay(obj: object, dropped: Counter[str]) -> Relay | None:
     )
 
 
-def _load_json(data: bytes | str) -> Any:
-    if isinstance(data, bytes) and data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DocumentError(f"corrupt gzip data: {exc}") from exc
+_GZIP_MAGIC = b"\x1f\x8b"
+#: bytes inflated per step: the cap is checked after each
+_INFLATE_STEP = 1 << 20
+
+
+def _cap_error(max_bytes: int) -> DocumentError:
+    return DocumentError(f"the document inflates past the size cap of {max_bytes} bytes (--max-bytes)")
+
+
+def _gunzip(data: bytes, max_bytes: int) -> bytes:
+    """Inflate one gzip layer (every member, as ``gzip -c a b`` writes them), stopping once past ``max_bytes``.
+
+    Raises:
+        DocumentError: the output passes ``max_bytes``, or the gzip data is corrupt or truncated.
+    """
+    out: list[bytes] = []
+    size = 0
+    rest = data
     try:
-        return json.loads(data)
+        while rest:
+            if rest[:2] != _GZIP_MAGIC:
+                raise DocumentError("corrupt gzip data: trailing garbage after the last gzip member")
+            inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip header and trailer, CRC and size checked
+            pending = rest
+            while not inflate.eof:
+                chunk = inflate.decompress(pending, _INFLATE_STEP)
+                pending = inflate.unconsumed_tail
+                if not chunk and not pending:
+                    raise DocumentError(
+                        "corrupt gzip data: Compressed file ended before the end-of-stream marker was reached"
+                    )
+                size += len(chunk)
+                if size > max_bytes:
+                    raise _cap_error(max_bytes)
+                out.append(chunk)
+            rest = inflate.unused_data
+    except zlib.error as exc:
+        raise DocumentError(f"corrupt gzip data: {exc}") from exc
+    return b"".join(out)
+
+
+def _document_bytes(data: bytes, max_bytes: int) -> bytes:
+    """The JSON text of a document: ``data`` itself, or its one gzip layer (a ``.json.gz``), within ``max_bytes``.
+
+    Raises:
+        DocumentError: larger than ``max_bytes`` (before or after inflating), corrupt gzip, or gzip inside gzip.
+    """
+    if data[:2] != _GZIP_MAGIC:
+        if len(data) > max_bytes:
+            raise DocumentError(f"the document is larger than the size cap of {max_bytes} bytes (--max-bytes)")
+        return data
+    inner = _gunzip(data, max_bytes)
+    if inner[:2] == _GZIP_MAGIC:
+        raise DocumentError("gzip inside gzip: not a details document")
+    return inner
+
+
+def _too_many_relays(max_relays: int) -> DocumentError:
+    return DocumentError(f"the document lists more than {max_relays} relays (--max-relays)", field="relays")
+
+
+def _load_json(data: bytes | str, max_relays: int) -> Any:
+    relays = 0
+
+    def count_relays(obj: dict[str, Any]) -> dict[str, Any]:
+        # json calls this for each object it has parsed: a relay is one with a fingerprint; stop at the ceiling
+        nonlocal relays
+        if "fingerprint" in obj:
+            relays += 1
+            if relays > max_relays:
+                raise _too_many_relays(max_relays)
+        return obj
+
+    try:
+        return json.loads(data, object_hook=count_relays)
     except RecursionError as exc:
         raise DocumentError("JSON nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
@@ -305,17 +406,39 @@ def _load_json(data: bytes | str) -> Any:
         raise DocumentError(f"not a JSON document ({exc.__class__.__name__}; starts with {head!r})") from exc
 
 
-def parse_document(data: bytes | str, *, source: str = "") -> Snapshot:
-    """Parse an Onionoo details document (JSON text or bytes, gzip allowed) into a snapshot.
+def parse_document(
+    data: bytes | str, *, source: str = "", max_bytes: int = MAX_BYTES, max_relays: int = MAX_RELAYS
+) -> Snapshot:
+    """Parse an Onionoo details document (JSON text or bytes, one gzip layer allowed) into a snapshot.
 
     Strict on what makes the document unusable (not JSON, wrong major version, no ``relays`` list, no
-    ``relays_published``), forgiving on relays: bad relays and bad addresses are dropped and counted in
-    :attr:`Snapshot.dropped`, unknown fields are ignored.
+    ``relays_published``, larger than ``max_bytes`` once inflated, more than ``max_relays`` relays), forgiving on
+    relays: bad relays and bad addresses are dropped and counted in :attr:`Snapshot.dropped`, unknown fields are
+    ignored.
 
     Raises:
-        DocumentError: the document cannot be used at all.
+        DocumentError: the document cannot be used at all (running out of memory on it included).
     """
-    doc = _load_json(data)
+    with _memory_is_a_document_error():
+        return _parse_document(data, source, max_bytes, max_relays)
+
+
+@contextlib.contextmanager
+def _memory_is_a_document_error() -> Iterator[None]:
+    try:
+        yield
+    except MemoryError as exc:  # the caps bound the input, not what json makes of it: 21 MB of "[]," take 450 MB
+        raise DocumentError(
+            "out of memory while parsing the document (a hostile one? lower --max-bytes or --max-relays)"
+        ) from exc
+
+
+def _parse_document(data: bytes | str, source: str, max_bytes: int, max_relays: int) -> Snapshot:
+    if isinstance(data, bytes):
+        data = _document_bytes(data, max_bytes)
+    elif len(data) > max_bytes:
+        raise DocumentError(f"the document is larger than the size cap of {max_bytes} bytes (--max-bytes)")
+    doc = _load_json(data, max_relays)
     if not isinstance(doc, dict):
         raise DocumentError("not an Onionoo details document (top level is not an object)")
     version = doc.get("version")
@@ -330,20 +453,31 @@ def parse_document(data: bytes | str, *, source: str = "") -> Snapshot:
     relays_raw = doc.get("relays")
     if not isinstance(relays_raw, list):
         raise DocumentError("missing relays list", field="relays")
+    if len(relays_raw) > max_relays:  # entries that are not relay objects count too
+        raise _too_many_relays(max_relays)
     dropped: Counter[str] = Counter()
     relays = tuple(r for r in (_parse_relay(obj, dropped) for obj in relays_raw) if r is not None)
     return Snapshot(relays_published=published, relays=relays, version=version, source=source, dropped=dict(dropped))
 
 
-def read_snapshot(path: Path | str) -> Snapshot:
-    """Read a details document from a JSON or gzip-compressed JSON file."""
+def read_snapshot(path: Path | str, *, max_bytes: int = MAX_BYTES, max_relays: int = MAX_RELAYS) -> Snapshot:
+    """Read a details document from a JSON or gzip-compressed JSON file.
+
+    At most ``max_bytes`` are read from the file, and at most ``max_bytes`` come out of inflating it.
+
+    Raises:
+        DocumentError: the file cannot be read, is too large, or is not a usable document.
+    """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(max_bytes + 1)
     except OSError as exc:
         raise DocumentError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) > max_bytes:
+        raise DocumentError(f"{path}: the file is larger than the size cap of {max_bytes} bytes (--max-bytes)")
     try:
-        return parse_document(data, source=str(path))
+        return parse_document(data, source=str(path), max_bytes=max_bytes, max_relays=max_relays)
     except DocumentError as exc:
         exc.add_note(f"while reading {path}")
         raise DocumentError(f"{path}: {exc}", field=exc.field) from exc
@@ -370,13 +504,18 @@ class FetchSettings:
 
     Attributes:
         url: the details endpoint; the query (``type=relay&running=true&fields=...``) is added unless the URL
-            already has one.
+            already has one. A ``user:password@`` in it is sent as HTTP Basic credentials and never written or
+            logged (:func:`~tor_sets.urls.redact_url`).
         connect_timeout, read_timeout: seconds; the read timeout bounds every wait for data, so a server that
             stalls fails instead of hanging.
         retries: retries on connection errors, 429 and 5xx, with exponential backoff.
-        max_bytes: cap on the decompressed body, enforced while streaming.
+        max_bytes: cap on the document after every decompression layer, enforced while streaming and inflating.
         cache_dir: where the last good download and its ``Last-Modified`` are kept (None: no cache).
         progress: draw a progress bar on stderr (only when stderr is a terminal).
+        deadline: seconds the whole fetch may take, retries and their backoff included; when it passes, the
+            fetch's connections are shut down, wherever they are (a server trickling a byte at a time never trips
+            the read timeout).
+        max_relays: most relays the document may list.
     """
 
     url: str = DEFAULT_URL
@@ -384,9 +523,11 @@ class FetchSettings:
     read_timeout: float = 60.0
     retries: int = 3
     backoff_factor: float = 1.0
-    max_bytes: int = 64 * 1024 * 1024
+    max_bytes: int = MAX_BYTES
     cache_dir: Path | None = field(default_factory=default_cache_dir)
     progress: bool = True
+    deadline: float = DEFAULT_DEADLINE
+    max_relays: int = MAX_RELAYS
 
     @property
     def request_url(self) -> str:
@@ -417,10 +558,22 @@ def _read_cache_meta(cache_dir: Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _store_cache(cache_dir: Path, body: bytes, url: str, last_modified: str | None) -> None:
+def _cached_last_modified(cache_dir: Path | None, url: str) -> str | None:
+    """The ``Last-Modified`` of the cached download of ``url`` (redacted), when there is one to send back."""
+    if cache_dir is None:
+        return None
+    meta = _read_cache_meta(cache_dir)
+    since = meta.get("last_modified")
+    if meta.get("url") == url and isinstance(since, str) and _cache_paths(cache_dir)[0].exists():
+        return since
+    return None
+
+
+def _store_cache(cache_dir: Path, document: bytes, url: str, last_modified: str | None) -> None:
+    """Keep ``document`` (the JSON text, whatever encodings it came in) and where it came from (``url`` redacted)."""
     data_path, meta_path = _cache_paths(cache_dir)
     try:
-        atomic_write(data_path, gzip.compress(body, compresslevel=6, mtime=0))
+        atomic_write(data_path, gzip.compress(document, compresslevel=6, mtime=0))
         meta = {"url": url, "last_modified": last_modified, "fetched_at": formatdate(usegmt=True)}
         atomic_write(meta_path, json.dumps(meta, sort_keys=True).encode())
     except OSError as exc:
@@ -434,14 +587,157 @@ def cached_snapshot(cache_dir: Path) -> Snapshot | None:
         return None
     try:
         snapshot = parse_document(data_path.read_bytes(), source=f"cache:{data_path}")
+        check_not_future(snapshot)
     except (OSError, DocumentError) as exc:
         log.warning("ignoring unreadable cached download %s: %s", data_path, exc)
         return None
     return snapshot
 
 
-def _session(settings: FetchSettings) -> requests.Session:
-    retry = Retry(
+def check_not_future(snapshot: Snapshot, now: datetime | None = None) -> None:
+    """Refuse data dated more than :data:`MAX_CLOCK_SKEW` after ``now`` (naive UTC; default: this host's clock).
+
+    Raises:
+        DocumentError: ``relays_published`` lies further in the future.
+
+    >>> check_not_future(Snapshot(datetime(2026, 3, 1, 0, 59), ()), now=datetime(2026, 3, 1))
+    >>> check_not_future(Snapshot(datetime(2099, 1, 1), ()), now=datetime(2026, 3, 1))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    tor_sets.errors.DocumentError: relays_published 2099-01-01 00:00 UTC lies 26604 days in the future (more than ...
+    """
+    now = now or datetime.now(UTC).replace(tzinfo=None)
+    ahead = snapshot.relays_published - now
+    if ahead > MAX_CLOCK_SKEW:
+        raise DocumentError(
+            f"relays_published {snapshot.relays_published:%Y-%m-%d %H:%M} UTC lies {_format_age(ahead)} in the "
+            f"future (more than the allowed clock skew of {MAX_CLOCK_SKEW.total_seconds() / 3600:g} h); refusing "
+            "the data (is this host's clock right?)",
+            field="relays_published",
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- the deadline
+
+
+class _DeadlinePassed(Exception):
+    """Raised inside urllib3 (opening a connection, a retry's backoff) once the fetch's deadline has passed."""
+
+
+class _Deadline:
+    """The total deadline of one fetch: when it passes, every connection the fetch opened is shut down.
+
+    A per-read timeout never fires against a server that sends a byte just often enough. A watchdog thread that
+    shuts the sockets down ends any read at once, wherever it is (status line, headers or body); a connection
+    opened or a retry backoff begun after the deadline raises :class:`_DeadlinePassed`. Used as a context manager
+    around one fetch; the session's pools report each connection through :meth:`track`.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.passed = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._connections: list[object] = []
+        self._watchdog = threading.Thread(target=self._watch, name="tor-sets-fetch-deadline", daemon=True)
+
+    def __enter__(self) -> _Deadline:
+        self._watchdog.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._done.set()
+        self._watchdog.join()
+
+    def track(self, connection: object) -> None:
+        """Watch ``connection`` (opened, not yet connected); refuse it once the deadline has passed."""
+        if self.passed.is_set():
+            raise _DeadlinePassed
+        with self._lock:
+            self._connections.append(connection)
+
+    def _watch(self) -> None:
+        if self._done.wait(self.seconds):
+            return
+        self.passed.set()
+        while True:  # and again every 0.1 s: a connection may have been connecting at the deadline
+            with self._lock:
+                sockets = [getattr(c, "sock", None) for c in self._connections]
+            for sock in sockets:
+                if isinstance(sock, socket.socket):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once
+            if self._done.wait(0.1):
+                return
+
+
+class _Retry(Retry):
+    """urllib3's retries, whose backoff ends (raising :class:`_DeadlinePassed`) when the fetch's deadline passes."""
+
+    deadline: _Deadline
+
+    def new(self, **kw: Any) -> Self:
+        retry = super().new(**kw)
+        retry.deadline = self.deadline
+        return retry
+
+    def sleep(self, response: BaseHTTPResponse | None = None) -> None:
+        if self.deadline.passed.wait(self.get_backoff_time()):
+            raise _DeadlinePassed
+
+
+class _WatchedHTTPConnectionPool(HTTPConnectionPool):
+    """A pool that reports each connection it opens to the fetch's deadline."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def _new_conn(self) -> BaseHTTPConnection:
+        connection = super()._new_conn()
+        self.deadline.track(connection)
+        return connection
+
+
+class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    """A pool that reports each connection it opens to the fetch's deadline."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def _new_conn(self) -> BaseHTTPSConnection:
+        connection = super()._new_conn()
+        self.deadline.track(connection)
+        return connection
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with pools that report their connections to the fetch's deadline."""
+
+    def __init__(self, deadline: _Deadline, **kwargs: Any) -> None:
+        self._deadline = deadline  # before super().__init__, which builds the pool manager
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": cast(
+                type[HTTPConnectionPool], functools.partial(_WatchedHTTPConnectionPool, deadline=self._deadline)
+            ),
+            "https": cast(
+                type[HTTPConnectionPool], functools.partial(_WatchedHTTPSConnectionPool, deadline=self._deadline)
+            ),
+        }
+
+
+# ---------------------------------------------------------------------------------------------------- one GET
+
+
+def _session(settings: FetchSettings, deadline: _Deadline) -> requests.Session:
+    retry = _Retry(
         total=settings.retries,
         connect=settings.retries,
         read=settings.retries,
@@ -453,8 +749,9 @@ def _session(settings: FetchSettings) -> requests.Session:
         respect_retry_after_header=False,
         raise_on_status=False,
     )
+    retry.deadline = deadline
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(max_retries=retry)
+    adapter = _Adapter(deadline, max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update(
@@ -484,102 +781,147 @@ def _progress_printer(enabled: bool, total: int | None) -> Callable[[int], None]
     return show
 
 
-def _read_body(response: requests.Response, settings: FetchSettings) -> bytes:
+def _read_body(response: requests.Response, settings: FetchSettings, url: str) -> bytes:
+    """The body with its HTTP ``Content-Encoding`` decoded, in steps, failing once past ``settings.max_bytes``."""
     length = response.headers.get("Content-Length")
     total = int(length) if length and length.isdigit() else None
     show = _progress_printer(settings.progress, total)
     chunks: list[bytes] = []
     size = 0
     wire = 0
-    for chunk in response.raw.stream(65536, decode_content=True):
-        size += len(chunk)
-        if size > settings.max_bytes:
-            raise FetchError(
-                f"response from {settings.url} exceeds the size cap of {settings.max_bytes} bytes",
-                url=settings.url,
-            )
-        chunks.append(chunk)
-        wire = response.raw.tell()
-        show(wire)
+    try:
+        for chunk in response.raw.stream(65536, decode_content=True):
+            size += len(chunk)
+            if size > settings.max_bytes:
+                raise FetchError(f"response from {url} exceeds the size cap of {settings.max_bytes} bytes", url=url)
+            chunks.append(chunk)
+            wire = response.raw.tell()
+            show(wire)
+        body = b"".join(chunks)
+    except MemoryError as exc:
+        raise FetchError(f"out of memory while downloading from {url}", url=url) from exc
     if settings.progress and sys.stderr.isatty():
         sys.stderr.write("\n")
-    return b"".join(chunks)
+    return body
+
+
+def _get(settings: FetchSettings, deadline: _Deadline, since: str | None) -> tuple[bytes | None, str | None]:
+    """One GET, ``If-Modified-Since: since`` when given: the body (None for a 304 to it) and its ``Last-Modified``.
+
+    Raises:
+        FetchError: an HTTP error status, an oversize body; requests' and urllib3's own errors pass through.
+    """
+    url = settings.request_url
+    shown = redact_url(url)
+    headers = {"If-Modified-Since": since} if since else {}
+    with _session(settings, deadline) as session:
+        response = session.get(
+            url, headers=headers, timeout=(settings.connect_timeout, settings.read_timeout), stream=True
+        )
+        with response:
+            if response.status_code == 304 and since:
+                return None, None
+            if response.status_code != 200:
+                reason = (response.reason or "").strip()[:60]
+                raise FetchError(f"HTTP {response.status_code} {reason} from {shown}".strip(), url=shown)
+            return _read_body(response, settings, redact_url(settings.url)), response.headers.get("Last-Modified")
 
 
 def fetch(settings: FetchSettings | None = None) -> FetchResult:
     """Fetch the details document, conditionally when a cached copy of the same URL exists.
 
-    On 304 the cached copy is returned with ``not_modified=True``; on 200 the body is parsed, then cached.
+    On 304 the cached copy is returned with ``not_modified=True`` (when that copy is unreadable, the document is
+    fetched again without condition); on 200 the body is decoded (one gzip layer, as a static ``.json.gz`` mirror
+    serves it), parsed, then cached as the document itself.
 
     Raises:
-        FetchTimeout: the server stalled past the timeout.
+        FetchTimeout: the server stalled past the read timeout, or the whole fetch passed its deadline.
         FetchError: connection failure, HTTP error status, oversize body.
-        DocumentError: the body is not a usable details document (the cache is left as it was).
+        DocumentError: the body is not a usable details document: it inflates past the size cap, lists too many
+            relays or is dated in the future, for example (the cache is left as it was).
     """
     settings = settings or FetchSettings()
-    url = settings.request_url
-    headers: dict[str, str] = {}
+    shown = redact_url(settings.request_url)
+    source = redact_url(settings.url)
     cache_dir = settings.cache_dir
+    since = _cached_last_modified(cache_dir, shown)
+    _resolve(settings.request_url)
+    with _Deadline(settings.deadline) as deadline:
+        body, last_modified = _get_in_time(settings, deadline, since)
+        if body is None:
+            assert cache_dir is not None  # a 304 answers our If-Modified-Since, sent only with a cache
+            cached = cached_snapshot(cache_dir)  # parsed only now: a 304 is the common case
+            if cached is not None:
+                # same data as a live answer: same source, so the rules header (and file) stay the same
+                return FetchResult(replace(cached, source=source), True, since)
+            log.warning("HTTP 304 from %s but the cached copy is unreadable; fetching the whole document", shown)
+            body, last_modified = _get_in_time(settings, deadline, None)
+    assert body is not None  # without If-Modified-Since, a 304 is an HTTP error like any other
+    with _memory_is_a_document_error():
+        document = _document_bytes(body, settings.max_bytes)
+    snapshot = parse_document(document, source=source, max_bytes=settings.max_bytes, max_relays=settings.max_relays)
+    check_not_future(snapshot)
     if cache_dir is not None:
-        meta = _read_cache_meta(cache_dir)
-        if (
-            meta.get("url") == url
-            and isinstance(meta.get("last_modified"), str)
-            and _cache_paths(cache_dir)[0].exists()
-        ):
-            headers["If-Modified-Since"] = meta["last_modified"]
-    _resolve(url)
-    try:
-        with _session(settings) as session:
-            response = session.get(
-                url,
-                headers=headers,
-                timeout=(settings.connect_timeout, settings.read_timeout),
-                stream=True,
-            )
-            with response:
-                if response.status_code == 304 and cache_dir is not None and headers:
-                    cached = cached_snapshot(cache_dir)  # parsed only now: a 304 is the common case
-                    if cached is not None:
-                        # same data as a live answer: same source, so the rules header (and file) stay the same
-                        return FetchResult(replace(cached, source=settings.url), True, headers["If-Modified-Since"])
-                    raise FetchError(f"HTTP 304 from {url} but the cached copy is unreadable", url=url)
-                if response.status_code != 200:
-                    reason = (response.reason or "").strip()[:60]
-                    raise FetchError(f"HTTP {response.status_code} {reason} from {url}".strip(), url=url)
-                body = _read_body(response, settings)
-                last_modified = response.headers.get("Last-Modified")
-    except requests.exceptions.Timeout as exc:
-        raise FetchTimeout(f"timed out fetching {url}", url=url) from exc
-    except requests.exceptions.RetryError as exc:
-        raise FetchError(f"gave up fetching {url} after {settings.retries} retries", url=url) from exc
-    except requests.exceptions.ConnectionError as exc:
-        if isinstance(exc.__context__, requests.exceptions.ReadTimeout) or "timed out" in str(exc):
-            raise FetchTimeout(f"timed out fetching {url}", url=url) from exc
-        raise FetchError(f"cannot connect to {url}: {_root_cause(exc)}", url=url) from exc
-    except requests.exceptions.RequestException as exc:
-        raise FetchError(f"fetching {url} failed: {_root_cause(exc)}", url=url) from exc
-    except urllib3.exceptions.TimeoutError as exc:  # raised while streaming the body
-        raise FetchTimeout(f"timed out fetching {url} (the server stalled in the middle of the body)", url=url) from exc
-    except urllib3.exceptions.HTTPError as exc:  # connection broken while streaming the body
-        # e.g. ('Connection broken: IncompleteRead(20000 bytes read, 378959 more expected)', IncompleteRead(...))
-        reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else _root_cause(exc)
-        raise FetchError(f"fetching {url} failed while reading the body: {reason[:200]}", url=url) from exc
-    snapshot = parse_document(body, source=settings.url)
-    if cache_dir is not None:
-        _store_cache(cache_dir, body, url, last_modified)
+        _store_cache(cache_dir, document, shown, last_modified)
     return FetchResult(snapshot, False, last_modified)
+
+
+def _get_in_time(settings: FetchSettings, deadline: _Deadline, since: str | None) -> tuple[bytes | None, str | None]:
+    """:func:`_get`, with requests' and urllib3's errors translated, and the deadline's cut as a FetchTimeout."""
+    shown = redact_url(settings.request_url)
+    try:
+        answer = _get(settings, deadline, since)
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, _DeadlinePassed) as exc:
+        if deadline.passed.is_set():
+            raise _deadline_error(settings, shown) from exc
+        raise _fetch_error(exc, shown, settings.retries) from exc
+    if deadline.passed.is_set():  # a body without a length that the watchdog cut short looks complete
+        raise _deadline_error(settings, shown)
+    return answer
+
+
+def _deadline_error(settings: FetchSettings, url: str) -> FetchTimeout:
+    return FetchTimeout(
+        f"gave up fetching {url}: no complete answer within the deadline of {settings.deadline:g} s (--deadline)",
+        url=url,
+    )
+
+
+def _fetch_error(exc: Exception, url: str, retries: int) -> FetchError:
+    """What requests or urllib3 raised while fetching ``url`` (redacted), as one FetchError (or FetchTimeout)."""
+    if isinstance(exc, requests.exceptions.Timeout):
+        return FetchTimeout(f"timed out fetching {url}", url=url)
+    if isinstance(exc, requests.exceptions.RetryError):
+        return FetchError(f"gave up fetching {url} after {retries} retries", url=url)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        if isinstance(exc.__context__, requests.exceptions.ReadTimeout) or "timed out" in str(exc):
+            return FetchTimeout(f"timed out fetching {url}", url=url)
+        return FetchError(f"cannot connect to {url}: {_root_cause(exc)}", url=url)
+    if isinstance(exc, requests.exceptions.RequestException):
+        return FetchError(f"fetching {url} failed: {_root_cause(exc)}", url=url)
+    if isinstance(exc, urllib3.exceptions.TimeoutError):  # raised while streaming the body
+        return FetchTimeout(f"timed out fetching {url} (the server stalled in the middle of the body)", url=url)
+    # the connection broke while streaming the body, e.g.
+    # ('Connection broken: IncompleteRead(20000 bytes read, 378959 more expected)', IncompleteRead(...))
+    reason = exc.args[0] if exc.args and isinstance(exc.args[0], str) else _root_cause(exc)
+    return FetchError(f"fetching {url} failed while reading the body: {redact_url(reason)[:200]}", url=url)
 
 
 def _resolve(url: str) -> None:
     """Fail at once, without retries, when the host name does not resolve (a DNS answer is not a time-out)."""
-    host = urllib.parse.urlsplit(url).hostname
+    try:
+        host = urllib.parse.urlsplit(url).hostname
+    except ValueError:
+        host = None
     if not host:
-        raise FetchError(f"not an HTTP URL: {url}", url=url)
+        shown = f": {redact_url(url)}" if "://" in url else " (it must start with http:// or https://)"
+        raise FetchError(f"not an HTTP URL{shown}", url=redact_url(url))
     try:
         socket.getaddrinfo(host, None)
     except (socket.gaierror, UnicodeError) as exc:
-        raise FetchError(f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc}", url=url) from exc
+        raise FetchError(
+            f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc}", url=redact_url(url)
+        ) from exc
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -591,7 +933,7 @@ def _root_cause(exc: BaseException) -> str:
     text = str(seen) or seen.__class__.__name__
     # urllib3 messages carry object reprs; keep the readable tail
     text = re.sub(r"<[^>]*>: ", "", text)
-    return text.splitlines()[0][:160]
+    return redact_url(text.splitlines()[0][:160])
 
 
 # ---------------------------------------------------------------------------------------------------- fallback
@@ -622,18 +964,22 @@ def obtain(
 ) -> Obtained:
     """Get the best relay data available.
 
-    With ``input_path`` the file is read and nothing else is tried. Otherwise the live directory is fetched;
+    With ``input_path`` the file is read (within the settings' ``max_bytes`` and ``max_relays``) and nothing else
+    is tried. Otherwise the live directory is fetched;
     when that fails (and ``fallback`` is allowed) the last cached download is used, then the bundled snapshot,
     with a warning naming the data's date.
 
     Raises:
-        FetchError, DocumentError: fetching failed and no fallback was allowed.
+        FetchError, DocumentError: fetching failed and no fallback was allowed, or the input file is unusable
+            (dated in the future included).
         StaleDataError: the data obtained is older than ``max_age``.
     """
+    settings = settings or FetchSettings()
     if input_path is not None:
-        result = Obtained(read_snapshot(input_path), "file")
+        snapshot = read_snapshot(input_path, max_bytes=settings.max_bytes, max_relays=settings.max_relays)
+        check_not_future(snapshot)
+        result = Obtained(snapshot, "file")
     else:
-        settings = settings or FetchSettings()
         result = _obtain_live_or_fallback(settings, offline=offline, fallback=fallback)
     if max_age is not None and age(result.snapshot) > max_age:
         raise StaleDataError(

@@ -9,9 +9,11 @@ Exports :func:`refresh` (one run: fetch → build → guard → validate → ato
 One run, in order, each step able to stop it with the rules file untouched::
 
     lock PATH.lock      concurrent runs on one output wait (up to lock_timeout) or fail; they never interleave
-    obtain              conditional GET (304: nothing new); no silent fallback to the cached or bundled snapshot
+    obtain              conditional GET (304: nothing new); no silent fallback to the cached or bundled snapshot;
+                        data dated more than MAX_CLOCK_SKEW in the future is refused
     nothing new?        same data, same options, file as we left it: done (no build, no write, no reload)
-    older?              data older than what is deployed is never deployed (no rollback)
+    older?              data older than what is deployed is never deployed (no rollback); a state whose deployed
+                        data is dated in the future (left by a version that accepted such data) is ignored, warned
     guard               too few relays, or entry/exit counts fell too far since the last good state (SanityError)
     build               too-wide networks and empty sets are refused by the build itself (SanityError)
     validate            YAML shape + every rule expands (load_rules), then each condition loads in an engine
@@ -65,8 +67,9 @@ from tor_sets.errors import (
 )
 from tor_sets.falco.load import RuleSet, load_rules
 from tor_sets.fleet import read_header
-from tor_sets.onionoo import FetchSettings, Obtained, obtain
+from tor_sets.onionoo import MAX_CLOCK_SKEW, FetchSettings, Obtained, obtain
 from tor_sets.relays import Snapshot
+from tor_sets.urls import redact_url
 
 __all__ = [
     "DROP_FLOOR",
@@ -329,7 +332,7 @@ class Status:
         state_error: why the state could not be read.
         header_published: the data date written in the rules file's header.
         matches: whether the file is byte for byte what the last refresh wrote (None without a state).
-        age: how old the deployed data is at ``now``.
+        age: how old the deployed data is at ``now`` (negative: dated in the future).
     """
 
     rules: Path
@@ -345,6 +348,11 @@ class Status:
     @property
     def exists(self) -> bool:
         return self.sha256 is not None
+
+    @property
+    def future(self) -> bool:
+        """The deployed data is dated more than :data:`~tor_sets.onionoo.MAX_CLOCK_SKEW` ahead of ``now``."""
+        return self.age is not None and -self.age > MAX_CLOCK_SKEW
 
 
 # ---------------------------------------------------------------------------------------------------- stopping
@@ -516,7 +524,7 @@ def _state_from_doc(doc: object) -> State:
             relays=int(d["relays"]),
             counts={str(k): int(v) for k, v in counts.items()},
             origin=str(d["origin"]),
-            source=str(d["source"]),
+            source=redact_url(str(d["source"])),  # a state written before URLs were redacted is cleaned on save
             validated=str(d["validated"]),
             options=str(d["options"]),
             changed_at=_parse_utc(d["changed_at"]),
@@ -873,6 +881,13 @@ def _refresh_locked(
     snapshot = obtained.snapshot
     warnings = [w for w in (obtained.warning, snapshot.dropped_summary()) if w]
     deployed = previous.deployed if previous else None
+    if deployed is not None and deployed.relays_published - now().replace(tzinfo=None) > MAX_CLOCK_SKEW:
+        # accepted by an earlier version: kept, it would refuse every genuine document as a rollback, forever
+        warnings.append(
+            f"the state records relay data of {deployed.relays_published:%Y-%m-%d %H:%M} UTC, in the future; "
+            "ignoring it for the rollback and drop checks"
+        )
+        deployed = None
     reload_pending = previous.reload_pending if previous else False
     current_sha, _ = _file_sha256(output)
     intact = deployed is not None and current_sha == deployed.sha256
@@ -1051,6 +1066,7 @@ def status_document(found: Status, max_age: timedelta | None = None) -> dict[str
         "size": found.size,
         "matches_state": found.matches,
         "age_seconds": int(found.age.total_seconds()) if found.age is not None else None,
+        "future": found.future,
         "stale": bool(max_age is not None and found.age is not None and found.age > max_age),
         "state": state,
         "state_error": found.state_error,

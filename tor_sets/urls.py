@@ -16,8 +16,9 @@ __all__ = ["redact_url"]
 #: what stands in for the userinfo of a URL
 REDACTED = "***"
 
-#: where an authority ends (RFC 3986, and urllib.parse's reading)
-_AUTHORITY_END = "/?#"
+#: where an authority ends: RFC 3986's "/", "?" and "#", and white space, which no URL may hold raw, so that a
+#: message quoting a URL is read as words
+_AUTHORITY_END = frozenset("/?# \t\r\n\f\v")
 #: text that starts as a URL with an authority: ``scheme://`` or ``//``
 _WITH_AUTHORITY = re.compile(r"^\s*(?:[A-Za-z][A-Za-z0-9+.\-]*:)?//")
 #: a URL missing its scheme: the authority runs from the start to the first "/", "?" or "#"
@@ -27,7 +28,7 @@ _SCHEMELESS = re.compile(r"^(\s*)[^/?#\s]*@")
 def redact_url(url: str) -> str:
     """``url`` (or any text holding URLs) with the userinfo of every authority replaced by ``***``.
 
-    An authority starts after ``//`` and ends at the first ``/``, ``?`` or ``#``; its userinfo ends at
+    An authority starts after ``//`` and ends at the first ``/``, ``?``, ``#`` or white space; its userinfo ends at
     its last ``@``, the way ``urllib.parse`` and urllib3 read it. Text that starts without ``//`` is read as a URL
     missing its scheme, so ``user:pass@host`` is hidden too. Over-redacting odd text is harmless; showing a secret
     is not. Never raises; text without such an ``@`` comes back unchanged.
@@ -38,6 +39,10 @@ def redact_url(url: str) -> str:
     'mirror http://***@a.example/x and oci://***@b.example/tor:1'
     >>> redact_url("http://127.0.0.1:2802/a@b"), redact_url("user:pass@host:80"), redact_url("not a url")
     ('http://127.0.0.1:2802/a@b', '***@host:80', 'not a url')
+    >>> redact_url("HTTP 503 from http://u:p%40ss@127.0.0.1:8080; contact a@b.example")
+    'HTTP 503 from http://***@127.0.0.1:8080; contact a@b.example'
+    >>> redact_url("/var/lib/tor-sets/details@2026.json")
+    '/var/lib/tor-sets/details@2026.json'
     """
     if not _WITH_AUTHORITY.match(url):
         url = _SCHEMELESS.sub(lambda m: f"{m[1]}{REDACTED}@", url, count=1)

@@ -11,12 +11,14 @@ Set ``TOR_SETS_FAULT_TABLE=FILE`` to write the table of real messages that docs/
 
 from __future__ import annotations
 
+import functools
 import gzip
 import ipaddress
 import json
 import os
 import re
 import shutil
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +117,15 @@ def halved(doc: dict[str, Any]) -> bytes:
 
 def gzip_bomb() -> bytes:
     return gzip.compress(b'{"version": "8.0", "relays": [' + b" " * (100 * 1024 * 1024) + b"]}", compresslevel=9)
+
+
+@functools.cache
+def body_bomb() -> bytes:
+    """306 kB of gzip inflating to 300 MiB, meant to be served as the body itself (a .json.gz)."""
+    out = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [out.compress(b'{"version": "8.0", "relays_published": "2026-03-01 00:00:00", "relays": [')]
+    parts += [out.compress(b" " * (1 << 20)) for _ in range(300)]
+    return b"".join([*parts, out.compress(b"]}"), out.flush()])
 
 
 # ---------------------------------------------------------------------------------------------------- cases
@@ -221,6 +232,38 @@ CASES = [
         lambda d, b: {"body": gzip_bomb(), "headers": {"Content-Encoding": "gzip"}},
         4,
         r"exceeds the size cap of 67108864 bytes",
+    ),
+    Case(
+        "gzip body served without Content-Encoding: 300 MiB in 306 kB",
+        lambda d, b: {"body": body_bomb(), "content_type": "application/gzip"},
+        4,
+        r"^tor-sets: error: the document inflates past the size cap of 67108864 bytes \(--max-bytes\)$",
+    ),
+    Case(
+        "double gzip: Content-Encoding over a gzip body, 715 bytes on the wire",
+        lambda d, b: {"body": body_bomb(), "gzip": True},
+        4,
+        r"^tor-sets: error: the document inflates past the size cap of 67108864 bytes \(--max-bytes\)$",
+    ),
+    Case(
+        "relays_published in 2099",
+        lambda d, b: {"body": _dump({**d, "relays_published": "2099-01-01 00:00:00"})},
+        4,
+        r"relays_published 2099-01-01 00:00 UTC lies \d+ days in the future \(more than the allowed clock skew",
+    ),
+    Case(
+        "more relays than --max-relays 9000",
+        lambda d, b: {"body": b},
+        4,
+        r"^tor-sets: error: the document lists more than 9000 relays \(--max-relays\)$",
+        args=("--max-relays", "9000"),
+    ),
+    Case(
+        "server trickles one byte every 2 s (--deadline 3)",
+        lambda d, b: {"body": b, "trickle": 2.0},
+        4,
+        r"gave up fetching .*: no complete answer within the deadline of 3 s \(--deadline\)$",
+        args=("--deadline", "3"),
     ),
     Case(
         "server stalls before answering (--timeout 0.5)",

@@ -269,6 +269,28 @@ def test_sigterm_during_a_stalled_fetch(tmp_path, children, onionoo_server, bund
         assert not out.exists() and not list(tmp_path.rglob("*.tmp"))
 
 
+def test_a_trickling_server_is_cut_at_the_deadline_and_the_lock_released(
+    tmp_path, children, onionoo_server, bundled_bytes, doc, capsys
+):
+    """One byte every 2 s never trips --timeout 5; --deadline 3 ends the fetch, and a waiting refresh then runs."""
+    out = tmp_path / "rules.d" / "tor_rules.yaml"
+    onionoo_server.reset(body=bundled_bytes, trickle=2.0)
+    common = ["--url", onionoo_server.url, "--cache-dir", str(tmp_path / "cache"), "--timeout", "5"]
+    proc = _tor_sets(*_refresh(out, *common, "--deadline", "3"))
+    children.append(proc)
+    _wait_until(lambda: len(onionoo_server.requests) > 0, "the request to reach the server")
+    # the child holds the lock while it fetches; this run waits for it (at most WAIT_S), then deploys
+    assert main(_refresh(out, "--input", str(doc), "--lock-timeout", str(WAIT_S))) == 0
+    assert "wrote" in capsys.readouterr().err
+    _, err = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 4, err
+    assert re.fullmatch(
+        r"tor-sets: error: gave up fetching http://127\.0\.0\.1:\d+/details\?\S+: no complete answer within the "
+        r"deadline of 3 s \(--deadline\)",
+        err.strip(),
+    ), err
+
+
 def test_loop_logs_each_failure_and_goes_on(tmp_path, doc, monkeypatch):
     from datetime import timedelta
 

@@ -1,7 +1,7 @@
 """A real HTTP server on loopback that plays Onionoo for the client's tests.
 
-Each test sets what the next requests get (status, body, gzip, Last-Modified, a stall, a cut connection) and reads
-back what the client sent (headers, query). The server runs in a thread for the whole test session.
+Each test sets what the next requests get (status, body, gzip, Last-Modified, a stall, a cut connection, a trickle)
+and reads back what the client sent (headers, query). The server runs in a thread for the whole test session.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ class Behaviour:
     stall: float = 0.0  # seconds to sleep before answering
     stall_body: float = 0.0  # seconds to sleep after the headers and half the body, then send the rest
     truncate_to: int | None = None  # send only this many body bytes, then close
+    trickle: float = 0.0  # send the body one byte every `trickle` seconds (each wait far below the read timeout)
+    trickle_head: bool = False  # with `trickle`: the status line and headers too
     headers: dict[str, str] = field(default_factory=dict)
     statuses: list[int] = field(default_factory=list)  # statuses for the first requests, then `status`
 
@@ -73,6 +75,9 @@ class OnionooServer:
                 body = b.body if status == 200 else (b.body if status >= 400 else b"")
                 if b.gzip and status == 200:
                     body = gzip.compress(body)
+                if b.trickle:
+                    self._trickle(status, body, b)
+                    return
                 self.send_response(status)
                 self.send_header("Content-Type", b.content_type)
                 if b.gzip and status == 200:
@@ -95,6 +100,19 @@ class OnionooServer:
                     time.sleep(b.stall_body)
                     body = body[len(body) // 2 :]
                 self.wfile.write(body)
+
+            def _trickle(self, status: int, body: bytes, b: Behaviour) -> None:
+                head = (
+                    f"HTTP/1.1 {status} {self.responses[status][0]}\r\nContent-Type: {b.content_type}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                start = 0 if b.trickle_head else len(head)
+                raw = head + body
+                self.close_connection = True
+                self.wfile.write(raw[:start])
+                for i in range(start, len(raw)):
+                    time.sleep(b.trickle)
+                    self.wfile.write(raw[i : i + 1])  # raises once the client has hung up
 
         self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True

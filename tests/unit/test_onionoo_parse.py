@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import gzip
 import ipaddress
 import json
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tor_sets import onionoo
 from tor_sets.build import build
 from tor_sets.errors import DocumentError
 from tor_sets.onionoo import _fast_address, parse_address, parse_document, read_snapshot
@@ -202,3 +204,71 @@ def test_fast_parsing_accepts_exactly_what_ipaddress_accepts(text):
     assert fast is None or fast == expected
     address, _ = parse_address(text, with_port=False)
     assert address is None or address == expected
+
+
+# ---------------------------------------------------------------------------------------------------- bounds (issue 13)
+
+
+def test_each_gzip_layer_is_capped_while_inflating():
+    data = gzip.compress(doc(relay()).encode() + b" " * 5_000_000)
+    assert len(data) < 10_000
+    with pytest.raises(DocumentError, match=r"^the document inflates past the size cap of 100000 bytes"):
+        parse_document(data, max_bytes=100_000)
+    assert len(parse_document(data, max_bytes=6_000_000).relays) == 1  # under the cap it is read as before
+    with pytest.raises(DocumentError, match=r"^the document is larger than the size cap of 100 bytes"):
+        parse_document(doc(relay()), max_bytes=100)
+
+
+def test_gzip_inside_gzip_and_concatenated_members():
+    text = doc(relay()).encode()
+    with pytest.raises(DocumentError, match=r"^gzip inside gzip: not a details document$"):
+        parse_document(gzip.compress(gzip.compress(text)))
+    half = len(text) // 2
+    assert len(parse_document(gzip.compress(text[:half]) + gzip.compress(text[half:])).relays) == 1  # like gzip -c a b
+    with pytest.raises(DocumentError, match=r"^corrupt gzip data: trailing garbage after the last gzip member$"):
+        parse_document(gzip.compress(text) + b"junk")
+
+
+def test_a_json_gz_input_file_is_capped(tmp_path):
+    path = tmp_path / "details.json.gz"
+    path.write_bytes(gzip.compress(doc(relay()).encode() + b" " * 5_000_000))
+    with pytest.raises(DocumentError, match=r"details.json.gz: the document inflates past the size cap of 100000"):
+        read_snapshot(path, max_bytes=100_000)
+    plain = tmp_path / "details.json"
+    plain.write_text(doc(relay()) + " " * 200_000)
+    with pytest.raises(DocumentError, match=r"details.json: the file is larger than the size cap of 100000 bytes"):
+        read_snapshot(plain, max_bytes=100_000)
+
+
+def _minimal_relays(n: int) -> str:
+    fp = "A" * 40
+    return (
+        '{"version": "8.0", "relays_published": "2026-02-28 01:00:00", "relays": ['
+        + ",".join([f'{{"fingerprint": "{fp}"}}'] * n)
+        + "]}"
+    )
+
+
+def test_the_relay_ceiling_defaults_to_100000_and_is_checked_while_parsing():
+    assert onionoo.MAX_RELAYS == 100_000
+    assert len(parse_document(_minimal_relays(1000)).relays) == 1000
+    with pytest.raises(DocumentError, match=r"^the document lists more than 100000 relays \(--max-relays\)$") as caught:
+        parse_document(_minimal_relays(100_001))
+    assert caught.value.field == "relays"
+
+
+@pytest.mark.parametrize(
+    "relays",
+    [[relay()] * 11, [0] * 11, [[]] * 11],
+    ids=["relay-objects", "numbers", "lists"],
+)
+def test_the_relay_ceiling_counts_every_entry(relays):
+    parse_document(doc(*relays[:10]), max_relays=10)  # at the ceiling: read
+    with pytest.raises(DocumentError, match=r"^the document lists more than 10 relays \(--max-relays\)$"):
+        parse_document(doc(*relays), max_relays=10)
+
+
+def test_doctests():
+    from tor_sets import urls
+
+    assert doctest.testmod(onionoo).failed == 0 and doctest.testmod(urls).failed == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import doctest
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -351,3 +352,58 @@ def test_the_loop_ends_with_exit_7_when_the_data_grows_stale(tmp_path, bundled_b
         run_every(options, timedelta(seconds=0.01), stop=Stop(), iterations=5, on_outcome=outcomes.append)
     assert info.value.exit_code == 7 and len(outcomes) == 1  # deployed, reported, then the loop ended
     assert (tmp_path / "tor_rules.yaml").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- future dates
+
+
+def test_data_published_in_the_future_is_refused(tmp_path, bundled_bytes, capsys):
+    out = tmp_path / "tor_rules.yaml"
+    march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
+    assert main(["refresh", "-o", str(out), "--input", str(march), "--validate", "yaml"]) == 0
+    good = out.read_bytes()
+    future = _doc(tmp_path, bundled_bytes, "2099-01-01 00:00:00")
+    capsys.readouterr()
+    assert main(["refresh", "-o", str(out), "--input", str(future), "--validate", "yaml"]) == 4
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(
+        r"tor-sets: error: relays_published 2099-01-01 00:00 UTC lies \d+ days in the future \(more than the "
+        r"allowed clock skew of 1 h\); refusing the data \(is this host's clock right\?\)",
+        line,
+    ), line
+    assert out.read_bytes() == good
+    assert main(["build", "--input", str(future), "-o", str(tmp_path / "b.yaml")]) == 4
+    assert not (tmp_path / "b.yaml").exists()
+
+
+def _future_state(out: Path) -> None:
+    """What an earlier version left after accepting a document dated 2099: the deployed data's date in the future."""
+    path = out.with_name(out.name + ".state.json")
+    doc = json.loads(path.read_text())
+    doc["deployed"]["relays_published"] = "2099-01-01 00:00:00"
+    path.write_text(json.dumps(doc))
+
+
+def test_a_future_dated_state_is_ignored_with_a_warning_so_refresh_recovers(tmp_path, bundled_bytes, capsys):
+    out = tmp_path / "tor_rules.yaml"
+    march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
+    argv = ["refresh", "-o", str(out), "--validate", "yaml"]
+    assert main([*argv, "--input", str(march)]) == 0
+    _future_state(out)
+    assert main(["status", str(out)]) == 1
+    report = capsys.readouterr().out
+    assert re.search(r"^age: +-\d+ days — ERROR: the deployed data is dated in the future", report, re.M), report
+    assert main(["status", str(out), "--json", "--max-age", "6h"]) == 1
+    assert json.loads(capsys.readouterr().out)["future"] is True
+    april = _doc(tmp_path, bundled_bytes, "2026-04-01 00:00:00")
+    assert main([*argv, "--input", str(april)]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "WARNING: the state records relay data of 2099-01-01 00:00 UTC, in the future; ignoring it for the rollback "
+        "and drop checks"
+    ) in err, err
+    assert "wrote" in err
+    state = read_state(out.with_name(out.name + ".state.json"))
+    assert state is not None and state.deployed is not None
+    assert state.deployed.relays_published == datetime(2026, 4, 1)
+    assert main(["status", str(out)]) == 0

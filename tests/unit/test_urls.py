@@ -50,9 +50,12 @@ def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
 
 
-@given(user=st.text(st.characters(blacklist_characters="/?#@"), min_size=1), secret=st.text(min_size=1))
+# a URL holds no raw white space (RFC 3986): where one seems to, the authority ends there (messages read as words)
+_URL_CHARS = st.characters(blacklist_characters="/?#@", blacklist_categories=("Zs", "Zl", "Zp", "Cc"))
+
+
+@given(user=st.text(_URL_CHARS, min_size=1), secret=st.text(_URL_CHARS, min_size=1))
 def test_a_secret_never_shows(user: str, secret: str) -> None:
-    secret = secret.replace("/", "").replace("?", "").replace("#", "") or "x"
     shown = redact_url(f"https://{user}:{secret}@example.org:8443/path?q=1")
     assert shown == "https://***@example.org:8443/path?q=1"
 

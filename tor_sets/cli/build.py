@@ -16,7 +16,16 @@ from tor_sets.compact import DEFAULT_EXPAND_BELOW
 from tor_sets.errors import UsageError
 from tor_sets.falco.generate import DEFAULT_TAGS, RulesOptions
 from tor_sets.falco.model import CURRENT_FALCO, PRIORITIES
-from tor_sets.onionoo import DEFAULT_URL, FetchSettings, Obtained, default_cache_dir, obtain
+from tor_sets.onionoo import (
+    DEFAULT_DEADLINE,
+    DEFAULT_URL,
+    MAX_BYTES,
+    MAX_RELAYS,
+    FetchSettings,
+    Obtained,
+    default_cache_dir,
+    obtain,
+)
 from tor_sets.relays import IPAddress, Role, Snapshot
 
 log = logging.getLogger("tor_sets")
@@ -63,6 +72,22 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+def _count(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("expected a positive integer")
+    return int(text)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("expected a positive number of seconds")
+    return value
+
+
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """Where relay data comes from (shared with refresh and other subcommands)."""
     group = parser.add_argument_group("relay data")
@@ -78,7 +103,27 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--cache-dir", type=Path, default=None, help=f"download cache (default: {default_cache_dir()})")
     group.add_argument("--timeout", type=float, default=60.0, help="read timeout in seconds (default: 60)")
-    group.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, help="cap on the document size")
+    group.add_argument(
+        "--deadline",
+        type=_positive_seconds,
+        default=DEFAULT_DEADLINE,
+        metavar="SECONDS",
+        help=f"give up a fetch after this long in all, retries included (default: {DEFAULT_DEADLINE:g})",
+    )
+    group.add_argument(
+        "--max-bytes",
+        type=_count,
+        default=MAX_BYTES,
+        metavar="N",
+        help=f"cap on the document size after every decompression layer, files included (default: {MAX_BYTES})",
+    )
+    group.add_argument(
+        "--max-relays",
+        type=_count,
+        default=MAX_RELAYS,
+        metavar="N",
+        help=f"refuse a document listing more relays, fetched or read (default: {MAX_RELAYS}; the network has ~10,000)",
+    )
 
 
 def add_rules_arguments(parser: argparse.ArgumentParser) -> None:
@@ -184,6 +229,8 @@ def obtain_from_args(args: argparse.Namespace) -> Obtained:
         read_timeout=args.timeout,
         max_bytes=args.max_bytes,
         cache_dir=args.cache_dir or default_cache_dir(),
+        deadline=args.deadline,
+        max_relays=args.max_relays,
     )
     obtained = obtain(
         input_path=args.input,

@@ -21,7 +21,7 @@ from typing import NoReturn
 
 from tor_sets.cli.build import add_rules_arguments, add_source_arguments, build_options, parse_duration
 from tor_sets.errors import StaleDataError
-from tor_sets.onionoo import FetchSettings, default_cache_dir
+from tor_sets.onionoo import MAX_CLOCK_SKEW, FetchSettings, default_cache_dir
 from tor_sets.refresh import (
     VALIDATIONS,
     Guards,
@@ -66,7 +66,8 @@ examples:
 STATUS_EPILOG = """\
 exit codes:
   0  the rules file exists and is byte for byte what the last refresh wrote
-  1  it is missing, differs from the state (edited by hand?), or there is no readable state
+  1  it is missing, differs from the state (edited by hand?), or there is no readable state; or the deployed
+     data is dated in the future (more than 1 h ahead of this host's clock; the next refresh ignores that state)
   7  the deployed data is older than --max-age
 """
 
@@ -236,6 +237,8 @@ def refresh_options(args: argparse.Namespace) -> RefreshOptions:
         max_bytes=args.max_bytes,
         cache_dir=args.cache_dir or default_cache_dir(),
         progress=False,
+        deadline=args.deadline,
+        max_relays=args.max_relays,
     )
     return RefreshOptions(
         output=args.output,
@@ -344,11 +347,13 @@ def run_status(args: argparse.Namespace) -> int:
             print(line)
     if stale:
         return 7
-    return 0 if found.exists and found.matches else 1
+    return 0 if found.exists and found.matches and not found.future else 1
 
 
 def _ago(delta: timedelta) -> str:
     seconds = delta.total_seconds()
+    if seconds < 0:
+        return "-" + _ago(-delta)
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -387,7 +392,13 @@ def _status_lines(found: Status, max_age: timedelta | None) -> list[str]:
         ]
     elif found.header_published is not None:
         lines.append(f"data:          relays_published {found.header_published:%Y-%m-%d %H:%M} UTC (from the header)")
-    if found.age is not None:
+    if found.future:
+        assert found.age is not None
+        lines.append(
+            f"age:           {_ago(found.age)} — ERROR: the deployed data is dated in the future (more than "
+            f"{MAX_CLOCK_SKEW.total_seconds() / 3600:g} h ahead of this host's clock); the next refresh ignores it"
+        )
+    elif found.age is not None:
         verdict = ""
         if max_age is not None:
             verdict = " — STALE, older than --max-age" if found.age > max_age else " — within --max-age"
