@@ -294,8 +294,26 @@ def test_rules_that_do_not_load_raise_rule_error(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(falco, "run_process", FakeFalco("", 1, stderr))
     capture = tmp_path / "x.scap"
     capture.write_bytes(b"scap")
-    with pytest.raises(RuleError, match=r"rules do not load: Error: /cap/rules-0\.yaml: Invalid"):
+    with pytest.raises(
+        RuleError,
+        match=r"falco: invalid condition: LOAD_ERR_COMPILE_CONDITION \(Error compiling condition\): "
+        r"unrecognized IPv4 address 1\.2\.3\.4/24$",
+    ):
         FalcoContainer("0.44.1").filter(capture, "fd.sip in (1.2.3.4/24)")
+
+
+def test_load_error_names_the_file_the_item_and_the_spot() -> None:
+    stderr = (
+        "Error: /cap/rules-0.yaml: Invalid\n1 Errors:\nIn rules content: (/cap/rules-0.yaml:0:0)\n"
+        "    rule 'x': (/cap/rules-0.yaml:0:2)\n    rule output: (/cap/rules-0.yaml:3:10)\n------\n"
+        '  output: "m | fd.nosuchfield=%fd.nosuchfield"\n          ^\n------\n'
+        "LOAD_ERR_COMPILE_OUTPUT (Error compiling output): unknown filter: unexpected token after '\n"
+    )
+    assert falco.load_error(stderr) == (
+        "/cap/rules-0.yaml: rule 'x': LOAD_ERR_COMPILE_OUTPUT (Error compiling output): unknown filter: unexpected "
+        "token after ' (at: output: \"m | fd.nosuchfield=%fd.nosuchfield\")"
+    )
+    assert falco.load_error("Falco initialized\nsome other failure\n") is None
 
 
 @pytest.mark.usefixtures("fake_docker")
