@@ -26,7 +26,8 @@ import yaml
 
 from tests.conftest import REPO
 from tor_sets.cli import main
-from tor_sets.refresh import TEMP_GRACE_S, read_state
+from tor_sets.files import TEMP_GRACE_S
+from tor_sets.refresh import read_state
 
 pytestmark = pytest.mark.integration
 
@@ -172,20 +173,17 @@ def test_sigkill_during_the_write_leaves_the_old_or_the_new_file_whole(tmp_path,
         text = out.read_text()
         assert text in (a, b)
         assert isinstance(yaml.load(text, Loader=yaml.CSafeLoader), list)
-    # temp files of killed writers: an old one is removed by the next refresh, a fresh one (maybe a live writer's)
-    # is left alone
+    # temp files of killed writers (the pid in their names is gone) are removed by the next refresh once past the
+    # grace; one of a live writer (this process) is left alone
     leftovers = list(out.parent.glob(".tor_rules.yaml.*.tmp"))
-    old = out.parent / ".tor_rules.yaml.killed.tmp"
-    old.write_text("half")
-    os.utime(old, (time.time() - TEMP_GRACE_S - 60,) * 2)
-    fresh = out.parent / ".tor_rules.yaml.live.tmp"
-    fresh.write_text("half")
-    for path in leftovers:
+    live = out.parent / f".tor_rules.yaml.{os.getpid()}.11ve0000.tmp"
+    live.write_text("half")
+    for path in [*leftovers, live]:
         os.utime(path, (time.time() - TEMP_GRACE_S - 60,) * 2)
     source = _doc_file(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
     assert main(_refresh(out, "--input", str(source))) == 0
-    assert sorted(p.name for p in out.parent.iterdir()) == [
-        ".tor_rules.yaml.live.tmp",
+    assert leftovers and sorted(p.name for p in out.parent.iterdir()) == [
+        live.name,
         "tor_rules.yaml",
         "tor_rules.yaml.lock",
         "tor_rules.yaml.state.json",

@@ -45,7 +45,8 @@ REFRESH_EPILOG = """\
 exit codes:
   0    the rules were updated, or nothing changed (304, same data, or older data than deployed)
   2    usage error
-  3    runtime error: lock timeout, a file cannot be written, the engine or the reload failed
+  3    runtime error: lock timeout, a file cannot be written or is not a regular file (-o, --state, --lock),
+       the engine or the reload failed
   4    upstream failure: fetch failed or the document is unusable; the rules file is left as it was
   5    a sanity guard tripped (--min-relays, --max-drop, an empty set, a too-wide network); rules left as they were
   6    validation failure: the new rules do not load; the old rules stay
@@ -127,7 +128,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         epilog=REFRESH_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="PATH", help="the rules file to keep fresh")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the rules file to keep fresh (a regular file, or a link to one)",
+    )
     add_source_arguments(parser)
     fetching = parser.add_argument_group("fetching")
     fetching.add_argument(
