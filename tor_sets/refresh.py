@@ -2,7 +2,7 @@
 
 Exports :func:`refresh` (one run: fetch → build → guard → validate → atomic swap → reload → state, under a lock),
 :func:`run_every` (the long-lived loop), :func:`status` (what is deployed), :func:`validate_rules`,
-:func:`check_guards`, :func:`read_state`, the values :class:`RefreshOptions`,
+:func:`check_guards`, :func:`check_falco_pid`, :func:`read_state`, the values :class:`RefreshOptions`,
 :class:`Guards`, :class:`Reload`, :class:`State`, :class:`Deployed`, :class:`Failure`, :class:`Outcome`,
 :class:`Status`, and :class:`Stop` / :class:`Stopped` (how SIGTERM and SIGINT end a run between steps).
 
@@ -16,7 +16,7 @@ One run, in order, each step able to stop it with the rules file untouched::
     build               too-wide networks and empty sets are refused by the build itself (SanityError)
     validate            YAML shape + every rule expands (load_rules), then each condition loads in an engine
     swap                write_file: temp file + fsync + rename, skipped when the bytes are the same
-    reload              Falco's own file watch, SIGHUP to a pid, or a command run without a shell
+    reload              Falco's own file watch, SIGHUP to a pid (only a Falco's), or a command run without a shell
     state               JSON beside the rules (PATH.state.json): what is deployed, from which data, its sha256
 
 The state file is the memory of the last good refresh: :func:`status` compares the rules file with it (a
@@ -72,6 +72,7 @@ from tor_sets.relays import Snapshot
 
 __all__ = [
     "DROP_FLOOR",
+    "FALCO_NAME",
     "STATE_SCHEMA",
     "VALIDATIONS",
     "Deployed",
@@ -84,6 +85,7 @@ __all__ = [
     "Status",
     "Stop",
     "Stopped",
+    "check_falco_pid",
     "check_guards",
     "lock_path",
     "options_digest",
@@ -113,6 +115,8 @@ GUARDED_COUNTS = (
     ("exit_ipv6", "exit IPv6 addresses"),
 )
 RELOAD_TIMEOUT_S = 120.0
+#: the name (``/proc/PID/comm``, or the executable's) of the only processes ``--reload-pid`` signals
+FALCO_NAME = "falco"
 #: libyaml's safe loader when PyYAML was built with it (20x faster on a 120 kB rules file)
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
@@ -145,7 +149,7 @@ class Reload:
     default) sees the rename and reloads.
 
     Attributes:
-        pid: send SIGHUP to this process.
+        pid: send SIGHUP to this process, checked to be Falco's (:func:`check_falco_pid`) before each signal.
         command: run this command (no shell) and require exit status 0, e.g. ``("systemctl", "reload", "falco")``.
         timeout: seconds the command may take.
     """
@@ -729,17 +733,62 @@ def validate_rules(text: str, how: str = "auto", *, engine: str | None = None, l
     return f"engine {chosen.name} {chosen.version()}"
 
 
+def check_falco_pid(pid: int) -> None:
+    """Refuse ``pid`` unless it is a Falco process: its ``/proc/PID/comm`` or its executable's name is ``falco``.
+
+    Raises:
+        TorSetsError: there is no such process, or it is not Falco (exit 3).
+    """
+    proc = Path(f"/proc/{pid}")
+    try:
+        comm = (proc / "comm").read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        raise TorSetsError(f"no process with pid {pid} (--reload-pid)") from None
+    except OSError as exc:
+        raise TorSetsError(f"cannot look at pid {pid} (--reload-pid): {exc.strerror or exc}") from exc
+    try:
+        exe = os.path.basename(os.readlink(proc / "exe")).removesuffix(" (deleted)")  # Falco upgraded under it
+    except OSError:
+        exe = ""  # not allowed to look (another user's process): its name decides
+    if FALCO_NAME not in (comm, exe):
+        raise TorSetsError(
+            f"pid {pid} is not a Falco process (its name is {comm!r}); not sending SIGHUP (--reload-pid)"
+        )
+
+
+def _sighup_falco(pid: int) -> None:
+    """Send SIGHUP to ``pid`` after :func:`check_falco_pid`, through a pidfd so that a reused pid is never hit.
+
+    Raises:
+        TorSetsError: not Falco, gone, or the signal failed.
+    """
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise TorSetsError(f"no process with pid {pid} (--reload-pid)") from None
+    except OSError:
+        pidfd = None  # a kernel without pidfd (before 5.3)
+    try:
+        check_falco_pid(pid)  # the pidfd's process, unless it died: then the signal below fails, never hits another
+        if pidfd is None:
+            os.kill(pid, signal.SIGHUP)
+        else:
+            signal.pidfd_send_signal(pidfd, signal.SIGHUP)
+    except OSError as exc:
+        raise TorSetsError(f"cannot send SIGHUP to pid {pid}: {exc.strerror or exc}") from exc
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
 def _reload(reload: Reload) -> str | None:
     """Tell Falco; return how, or None when its file watch does it.
 
     Raises:
-        TorSetsError: the signal or the command failed.
+        TorSetsError: the signal or the command failed, or the pid is not Falco's (checked before each signal).
     """
     if reload.pid is not None:
-        try:
-            os.kill(reload.pid, signal.SIGHUP)
-        except OSError as exc:
-            raise TorSetsError(f"cannot send SIGHUP to pid {reload.pid}: {exc.strerror or exc}") from exc
+        _sighup_falco(reload.pid)
         return reload.describe()
     if reload.command:
         try:
