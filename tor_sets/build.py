@@ -11,11 +11,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tor_sets import __version__
-from tor_sets.errors import TorSetsError, UsageError
+from tor_sets.errors import UsageError
 from tor_sets.falco.emit import render
 from tor_sets.falco.generate import RulesOptions, generate
 from tor_sets.falco.model import RulesFile
-from tor_sets.files import atomic_write
+from tor_sets.files import write_file
 from tor_sets.relays import IPAddress, IPNetwork, RelaySets, Role, Snapshot, classify
 from tor_sets.urls import redact_url
 
@@ -104,25 +104,17 @@ def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
-def write_rules(path: Path | str, text: str | bytes, *, mode: int = 0o644) -> bool:
+def write_rules(path: Path | str, text: str | bytes, *, mode: int = 0o644, stream: bool = True) -> bool:
     """Write ``text`` to ``path`` atomically; return False (and touch nothing) when the file already holds it.
 
-    The text goes to a temporary file in the same folder, is flushed and fsynced, given ``mode``, then renamed over
-    ``path`` (and the folder fsynced): a reader sees the old file or the new one, never a mix, even if this process
-    is killed half-way.
+    The text goes to a temporary file in the target's folder, is flushed and fsynced, given the old file's mode
+    and owner (a new file: ``mode``), then renamed over the target (and the folder fsynced): a reader sees the old
+    file or the new one, never a mix, even if this process is killed half-way. A symbolic link is written through.
+    ``/dev/stdout``, a character device or a FIFO is written through as a stream (``stream=False`` refuses them);
+    a folder, a socket or a block device is refused. See :func:`tor_sets.files.write_file`.
 
     Raises:
-        TorSetsError: the folder cannot be written.
+        TorSetsError: the target is refused, or its folder cannot be written.
     """
-    path = Path(path)
     data = text.encode() if isinstance(text, str) else text
-    try:
-        if path.read_bytes() == data:
-            return False
-    except OSError:
-        pass
-    try:
-        atomic_write(path, data, mode=mode)
-    except OSError as exc:
-        raise TorSetsError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return True
+    return write_file(path, data, mode=mode, stream=stream)

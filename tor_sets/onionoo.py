@@ -52,7 +52,7 @@ from urllib3.util.retry import Retry
 
 from tor_sets import __version__
 from tor_sets.errors import DocumentError, FetchError, FetchTimeout, StaleDataError
-from tor_sets.files import atomic_write
+from tor_sets.files import atomic_write, read_regular
 from tor_sets.relays import IPAddress, Relay, Snapshot
 from tor_sets.urls import redact_url
 
@@ -552,7 +552,7 @@ def _cache_paths(cache_dir: Path) -> tuple[Path, Path]:
 def _read_cache_meta(cache_dir: Path) -> dict[str, Any]:
     _, meta_path = _cache_paths(cache_dir)
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(read_regular(meta_path))
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
@@ -577,19 +577,21 @@ def _store_cache(cache_dir: Path, document: bytes, url: str, last_modified: str 
         meta = {"url": url, "last_modified": last_modified, "fetched_at": formatdate(usegmt=True)}
         atomic_write(meta_path, json.dumps(meta, sort_keys=True).encode())
     except OSError as exc:
-        log.warning("could not update the download cache in %s: %s", cache_dir, exc.strerror or exc)
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.warning("could not update the download cache in %s: %s%s", cache_dir, where, exc.strerror or exc)
 
 
 def cached_snapshot(cache_dir: Path) -> Snapshot | None:
     """The last good download kept in ``cache_dir``, or None when there is none (or it is unreadable)."""
     data_path, _ = _cache_paths(cache_dir)
-    if not data_path.exists():
-        return None
     try:
-        snapshot = parse_document(data_path.read_bytes(), source=f"cache:{data_path}")
+        snapshot = parse_document(read_regular(data_path), source=f"cache:{data_path}")
         check_not_future(snapshot)
+    except FileNotFoundError:
+        return None
     except (OSError, DocumentError) as exc:
-        log.warning("ignoring unreadable cached download %s: %s", data_path, exc)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        log.warning("ignoring unreadable cached download %s: %s", data_path, reason)
         return None
     return snapshot
 

@@ -2,9 +2,9 @@
 
 Exports :func:`refresh` (one run: fetch → build → guard → validate → atomic swap → reload → state, under a lock),
 :func:`run_every` (the long-lived loop), :func:`status` (what is deployed), :func:`validate_rules`,
-:func:`check_guards`, :func:`read_state`, the values :class:`RefreshOptions`, :class:`Guards`, :class:`Reload`,
-:class:`State`, :class:`Deployed`, :class:`Failure`, :class:`Outcome`, :class:`Status`, and :class:`Stop` /
-:class:`Stopped` (how SIGTERM and SIGINT end a run between steps).
+:func:`check_guards`, :func:`check_falco_pid`, :func:`read_state`, the values :class:`RefreshOptions`,
+:class:`Guards`, :class:`Reload`, :class:`State`, :class:`Deployed`, :class:`Failure`, :class:`Outcome`,
+:class:`Status`, and :class:`Stop` / :class:`Stopped` (how SIGTERM and SIGINT end a run between steps).
 
 One run, in order, each step able to stop it with the rules file untouched::
 
@@ -17,8 +17,8 @@ One run, in order, each step able to stop it with the rules file untouched::
     guard               too few relays, or entry/exit counts fell too far since the last good state (SanityError)
     build               too-wide networks and empty sets are refused by the build itself (SanityError)
     validate            YAML shape + every rule expands (load_rules), then each condition loads in an engine
-    swap                write_rules: temp file + fsync + rename, skipped when the bytes are the same
-    reload              Falco's own file watch, SIGHUP to a pid, or a command run without a shell
+    swap                write_file: temp file + fsync + rename, skipped when the bytes are the same
+    reload              Falco's own file watch, SIGHUP to a pid (only a Falco's), or a command run without a shell
     state               JSON beside the rules (PATH.state.json): what is deployed, from which data, its sha256
 
 The state file is the memory of the last good refresh: :func:`status` compares the rules file with it (a
@@ -42,6 +42,7 @@ import logging
 import os
 import random
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -54,7 +55,7 @@ from typing import Any
 import yaml
 
 from tor_sets import __version__, engines
-from tor_sets.build import BuildOptions, Built, build, write_rules
+from tor_sets.build import BuildOptions, Built, build
 from tor_sets.engines.base import Engine
 from tor_sets.errors import (
     EngineError,
@@ -66,6 +67,7 @@ from tor_sets.errors import (
     TorSetsError,
 )
 from tor_sets.falco.load import RuleSet, load_rules
+from tor_sets.files import read_regular, remove_stale_temps, require_regular, write_file
 from tor_sets.fleet import read_header
 from tor_sets.onionoo import MAX_CLOCK_SKEW, FetchSettings, Obtained, obtain
 from tor_sets.relays import Snapshot
@@ -73,6 +75,7 @@ from tor_sets.urls import redact_url
 
 __all__ = [
     "DROP_FLOOR",
+    "FALCO_NAME",
     "STATE_SCHEMA",
     "VALIDATIONS",
     "Deployed",
@@ -85,6 +88,7 @@ __all__ = [
     "Status",
     "Stop",
     "Stopped",
+    "check_falco_pid",
     "check_guards",
     "lock_path",
     "options_digest",
@@ -113,9 +117,9 @@ GUARDED_COUNTS = (
     ("exit_ipv4", "exit IPv4 addresses"),
     ("exit_ipv6", "exit IPv6 addresses"),
 )
-#: temp files of an earlier writer killed half-way are removed once they are this old (seconds)
-TEMP_GRACE_S = 600.0
 RELOAD_TIMEOUT_S = 120.0
+#: the name (``/proc/PID/comm``, or the executable's) of the only processes ``--reload-pid`` signals
+FALCO_NAME = "falco"
 #: libyaml's safe loader when PyYAML was built with it (20x faster on a 120 kB rules file)
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
@@ -148,7 +152,7 @@ class Reload:
     default) sees the rename and reloads.
 
     Attributes:
-        pid: send SIGHUP to this process.
+        pid: send SIGHUP to this process, checked to be Falco's (:func:`check_falco_pid`) before each signal.
         command: run this command (no shell) and require exit status 0, e.g. ``("systemctl", "reload", "falco")``.
         timeout: seconds the command may take.
     """
@@ -435,13 +439,17 @@ def hold_lock(path: Path, timeout: float) -> Iterator[None]:
     lock file lets two processes lock two different files).
 
     Raises:
-        TorSetsError: the lock could not be had in time, or the file cannot be opened.
+        TorSetsError: the lock could not be had in time, or the file cannot be opened or is not a regular file.
     """
+    require_regular(path, "the lock file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK, 0o644)
     except OSError as exc:
         raise TorSetsError(f"cannot open the lock file {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # put there since the check: never lock or write it
+        os.close(fd)
+        raise TorSetsError(f"the lock file {path} is not a regular file")
     try:
         deadline = time.monotonic() + timeout
         waiting = False
@@ -477,20 +485,9 @@ def _lock_holder(fd: int) -> str:
     return ""
 
 
-def _remove_stale_temps(output: Path) -> None:
-    """Remove temp files that an earlier writer, killed half-way, left beside the rules or the state."""
-    now = time.time()
-    for name in (output.name, output.name + ".state.json"):
-        for tmp in output.parent.glob(f".{name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                if now - tmp.stat().st_mtime > TEMP_GRACE_S:
-                    tmp.unlink()
-                    log.info("removed %s, left by an interrupted write", tmp)
-
-
 def _file_sha256(path: Path) -> tuple[str | None, int | None]:
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except FileNotFoundError:
         return None, None
     except OSError as exc:
@@ -546,7 +543,7 @@ def read_state(path: Path) -> State | None:
         TorSetsError: the file exists but cannot be read or is not a state document.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path).decode("utf-8")
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
@@ -559,7 +556,7 @@ def read_state(path: Path) -> State | None:
 
 
 def _save_state(path: Path, state: State) -> None:
-    write_rules(path, state.to_json())
+    write_file(path, state.to_json().encode(), stream=False)
 
 
 # ---------------------------------------------------------------------------------------------------- steps
@@ -744,17 +741,62 @@ def validate_rules(text: str, how: str = "auto", *, engine: str | None = None, l
     return f"engine {chosen.name} {chosen.version()}"
 
 
+def check_falco_pid(pid: int) -> None:
+    """Refuse ``pid`` unless it is a Falco process: its ``/proc/PID/comm`` or its executable's name is ``falco``.
+
+    Raises:
+        TorSetsError: there is no such process, or it is not Falco (exit 3).
+    """
+    proc = Path(f"/proc/{pid}")
+    try:
+        comm = (proc / "comm").read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        raise TorSetsError(f"no process with pid {pid} (--reload-pid)") from None
+    except OSError as exc:
+        raise TorSetsError(f"cannot look at pid {pid} (--reload-pid): {exc.strerror or exc}") from exc
+    try:
+        exe = os.path.basename(os.readlink(proc / "exe")).removesuffix(" (deleted)")  # Falco upgraded under it
+    except OSError:
+        exe = ""  # not allowed to look (another user's process): its name decides
+    if FALCO_NAME not in (comm, exe):
+        raise TorSetsError(
+            f"pid {pid} is not a Falco process (its name is {comm!r}); not sending SIGHUP (--reload-pid)"
+        )
+
+
+def _sighup_falco(pid: int) -> None:
+    """Send SIGHUP to ``pid`` after :func:`check_falco_pid`, through a pidfd so that a reused pid is never hit.
+
+    Raises:
+        TorSetsError: not Falco, gone, or the signal failed.
+    """
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise TorSetsError(f"no process with pid {pid} (--reload-pid)") from None
+    except OSError:
+        pidfd = None  # a kernel without pidfd (before 5.3)
+    try:
+        check_falco_pid(pid)  # the pidfd's process, unless it died: then the signal below fails, never hits another
+        if pidfd is None:
+            os.kill(pid, signal.SIGHUP)
+        else:
+            signal.pidfd_send_signal(pidfd, signal.SIGHUP)
+    except OSError as exc:
+        raise TorSetsError(f"cannot send SIGHUP to pid {pid}: {exc.strerror or exc}") from exc
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
 def _reload(reload: Reload) -> str | None:
     """Tell Falco; return how, or None when its file watch does it.
 
     Raises:
-        TorSetsError: the signal or the command failed.
+        TorSetsError: the signal or the command failed, or the pid is not Falco's (checked before each signal).
     """
     if reload.pid is not None:
-        try:
-            os.kill(reload.pid, signal.SIGHUP)
-        except OSError as exc:
-            raise TorSetsError(f"cannot send SIGHUP to pid {reload.pid}: {exc.strerror or exc}") from exc
+        _sighup_falco(reload.pid)
         return reload.describe()
     if reload.command:
         try:
@@ -804,8 +846,11 @@ def refresh(options: RefreshOptions, *, stop: Stop | None = None, now: Callable[
     stop = stop or Stop()
     output = options.output
     path = state_path(output, options.state)
+    require_regular(output, "the rules file")  # refresh reads both back: a FIFO or a device cannot serve
+    require_regular(path, "the state file")
     with hold_lock(lock_path(output, options.lock), options.lock_timeout):
-        _remove_stale_temps(output)
+        for target in (output, path):
+            remove_stale_temps(target)
         previous: State | None = None
         try:
             try:
@@ -938,7 +983,7 @@ def _refresh_locked(
     stop.checkpoint()
     # swap, reload, state: one section that a signal does not cut
     with stop.critical():
-        changed = write_rules(output, built.text)
+        changed = write_file(output, data, stream=False)
         at = now()
         record = Deployed(
             sha256=new_sha,

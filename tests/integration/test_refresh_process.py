@@ -26,7 +26,8 @@ import yaml
 
 from tests.conftest import REPO
 from tor_sets.cli import main
-from tor_sets.refresh import TEMP_GRACE_S, read_state
+from tor_sets.files import TEMP_GRACE_S
+from tor_sets.refresh import read_state
 
 pytestmark = pytest.mark.integration
 
@@ -172,20 +173,17 @@ def test_sigkill_during_the_write_leaves_the_old_or_the_new_file_whole(tmp_path,
         text = out.read_text()
         assert text in (a, b)
         assert isinstance(yaml.load(text, Loader=yaml.CSafeLoader), list)
-    # temp files of killed writers: an old one is removed by the next refresh, a fresh one (maybe a live writer's)
-    # is left alone
+    # temp files of killed writers (the pid in their names is gone) are removed by the next refresh once past the
+    # grace; one of a live writer (this process) is left alone
     leftovers = list(out.parent.glob(".tor_rules.yaml.*.tmp"))
-    old = out.parent / ".tor_rules.yaml.killed.tmp"
-    old.write_text("half")
-    os.utime(old, (time.time() - TEMP_GRACE_S - 60,) * 2)
-    fresh = out.parent / ".tor_rules.yaml.live.tmp"
-    fresh.write_text("half")
-    for path in leftovers:
+    live = out.parent / f".tor_rules.yaml.{os.getpid()}.11ve0000.tmp"
+    live.write_text("half")
+    for path in [*leftovers, live]:
         os.utime(path, (time.time() - TEMP_GRACE_S - 60,) * 2)
     source = _doc_file(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
     assert main(_refresh(out, "--input", str(source))) == 0
-    assert sorted(p.name for p in out.parent.iterdir()) == [
-        ".tor_rules.yaml.live.tmp",
+    assert leftovers and sorted(p.name for p in out.parent.iterdir()) == [
+        live.name,
         "tor_rules.yaml",
         "tor_rules.yaml.lock",
         "tor_rules.yaml.state.json",
@@ -318,12 +316,16 @@ def test_loop_logs_each_failure_and_goes_on(tmp_path, doc, monkeypatch):
 
 
 HUP = r"""
-import signal, sys
+import ctypes, signal, sys
 from pathlib import Path
-marker = Path(sys.argv[1])
+marker, name, after = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+def rename(to):  # prctl(PR_SET_NAME): what /proc/PID/comm says
+    ctypes.CDLL(None, use_errno=True).prctl(15, to.encode(), 0, 0, 0)
 def on_hup(signum, frame):
     with marker.open("a") as f:
         f.write("hup\n")
+    rename(after)
+rename(name)
 signal.signal(signal.SIGHUP, on_hup)
 print("ready", flush=True)
 while True:
@@ -331,12 +333,19 @@ while True:
 """
 
 
+def _falco(marker: Path, name: str = "falco", after: str = "falco") -> subprocess.Popen[str]:
+    """A stand-in Falco: a python child named ``name`` that notes each SIGHUP in ``marker``, then is named ``after``."""
+    proc = _child(HUP, str(marker), name, after)
+    Lines(proc.stdout).wait_for("ready")
+    assert Path(f"/proc/{proc.pid}/comm").read_text() == f"{name}\n"
+    return proc
+
+
 def test_reload_pid_sends_sighup_only_when_the_file_changed(tmp_path, children, doc, capsys):
     out = tmp_path / "rules.d" / "tor_rules.yaml"
     marker = tmp_path / "hups"
-    falco = _child(HUP, str(marker))
+    falco = _falco(marker)
     children.append(falco)
-    Lines(falco.stdout).wait_for("ready")
     assert main(_refresh(out, "--input", str(doc), "--reload-pid", str(falco.pid))) == 0
     assert f"reload: SIGHUP to pid {falco.pid}" in capsys.readouterr().err
     _wait_until(lambda: marker.exists() and marker.read_text() == "hup\n", "the SIGHUP")
@@ -345,6 +354,53 @@ def test_reload_pid_sends_sighup_only_when_the_file_changed(tmp_path, children, 
     assert marker.read_text() == "hup\n"  # no change, no reload
     falco.kill()
     falco.wait()
+
+
+def test_reload_pid_refuses_a_process_that_is_not_falco(tmp_path, children, doc, capsys):
+    out = tmp_path / "rules.d" / "tor_rules.yaml"
+    sleeper = subprocess.Popen(["sleep", "600"])
+    children.append(sleeper)  # type: ignore[arg-type]
+    _wait_until(lambda: Path(f"/proc/{sleeper.pid}/comm").read_text() == "sleep\n", "sleep to run")
+    capsys.readouterr()
+    assert main(_refresh(out, "--input", str(doc), "--reload-pid", str(sleeper.pid))) == 3
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"tor-sets: error: pid {sleeper.pid} is not a Falco process (its name is 'sleep'); not sending SIGHUP "
+        "(--reload-pid)"
+    ]
+    assert sleeper.poll() is None and not out.exists()  # not signalled (SIGHUP would have ended it), nothing done
+
+
+def test_the_loop_checks_the_pid_again_before_each_sighup(tmp_path, children, doc, monkeypatch):
+    """Falco's pid, once checked, may belong to another process later: the next reload checks it again."""
+    from datetime import timedelta
+
+    from tor_sets.refresh import RefreshOptions, Reload, Stop, run_every
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("tor_sets")
+    monkeypatch.setattr(logger, "handlers", [handler])
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    marker = tmp_path / "hups"
+    falco = _falco(marker, after="not-falco-now")  # renames itself on the first SIGHUP
+    children.append(falco)
+    out = tmp_path / "tor_rules.yaml"
+    options = RefreshOptions(output=out, input_path=doc, validate="yaml", reload=Reload(pid=falco.pid))
+
+    def after_a_run(outcome: object) -> None:
+        _wait_until(lambda: Path(f"/proc/{falco.pid}/comm").read_text() == "not-falco-now\n", "the SIGHUP")
+        out.unlink()  # so that the next run writes the file again and reloads
+
+    run_every(options, timedelta(seconds=0.01), stop=Stop(), iterations=2, on_outcome=after_a_run)
+    errors = [r.getMessage() for r in records if r.levelname == "ERROR"]
+    assert errors == [
+        f"refresh failed (exit 3): pid {falco.pid} is not a Falco process (its name is 'not-falco-now'); "
+        "not sending SIGHUP (--reload-pid)"
+    ]
+    assert marker.read_text() == "hup\n" and falco.poll() is None  # one SIGHUP, to Falco only
+    state = read_state(tmp_path / "tor_rules.yaml.state.json")
+    assert state is not None and state.reload_pending
 
 
 def test_reload_command_failure_is_exit_3_and_retried(tmp_path, doc, newer_doc, capsys):

@@ -311,7 +311,7 @@ def test_load_error_names_the_file_the_item_and_the_spot() -> None:
     )
     assert falco.load_error(stderr) == (
         "/cap/rules-0.yaml: rule 'x': LOAD_ERR_COMPILE_OUTPUT (Error compiling output): unknown filter: unexpected "
-        "token after ' (at: output: \"m | fd.nosuchfield=%fd.nosuchfield\")"
+        'token after \' (at: output: "m | fd.nosuchfield=%fd.nosuchfield")'
     )
     assert falco.load_error("Falco initialized\nsome other failure\n") is None
 

@@ -255,5 +255,22 @@ def test_docker_state_ignores_a_pid_that_is_not_dockerd(private_cache: Path) -> 
     assert not state.exists()
 
 
+def test_a_fifo_as_the_dockerd_state_is_neither_read_nor_replaced(private_cache: Path) -> None:
+    import stat
+    import threading
+
+    state = private_cache / "docker" / docker_part.STATE_FILE
+    state.parent.mkdir(parents=True)
+    os.mkfifo(state)
+    found: list[object] = []
+    reader = threading.Thread(target=lambda: found.append(setup.docker_state()), daemon=True)
+    reader.start()
+    reader.join(30)  # a bound on the wait: reading the state must not block on the FIFO
+    assert not reader.is_alive() and found == [None]
+    with pytest.raises(EngineError, match=r"cannot write the dockerd state .*: it is a FIFO, not a regular file$"):
+        docker_part._write_state(setup.DockerState(os.getpid(), "/d", "/l", 1.0))
+    assert stat.S_ISFIFO(os.lstat(state).st_mode)
+
+
 def test_stop_docker_without_state_does_nothing() -> None:
     assert setup.stop_docker() is None

@@ -14,6 +14,7 @@ from tor_sets.bench import encodings, run_bench, table, to_json, write_report
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
 from tor_sets.engines import Engine, get_engine
 from tor_sets.errors import EngineUnavailable, UsageError
+from tor_sets.files import require_folder
 from tor_sets.onionoo import bundled_snapshot, read_snapshot
 
 log = logging.getLogger("tor_sets")
@@ -105,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             "--connections and --legacy-connections need at least 100, --repetitions at least 1, "
             "--count-connections at least 0"
         )
+    if args.output:
+        require_folder(args.output)  # before the long measurements, not after
     snapshot = read_snapshot(args.input) if args.input else bundled_snapshot()
     chosen = encodings(_ints(args.thresholds, "--thresholds"), _ints(args.lossy_budgets, "--lossy-budgets"))
     engines = _engines(args.engine)

@@ -260,7 +260,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--output",
         default="tor_rules.yaml",
         metavar="PATH",
-        help="where to write (default: tor_rules.yaml; '-' for stdout)",
+        help="where to write (default: tor_rules.yaml; '-' for stdout; a device or FIFO is written through)",
     )
     parser.add_argument(
         "--format",

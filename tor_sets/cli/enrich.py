@@ -27,6 +27,7 @@ from typing import IO, Any
 from tor_sets.enrich import TOR_RULES, Enricher, EnrichServer, RelayIndex, ServerSettings, bench, enrich_stream
 from tor_sets.enrich import parse_listen as _parse_listen
 from tor_sets.errors import TorSetsError
+from tor_sets.files import open_output
 from tor_sets.onionoo import bundled_snapshot, cached_snapshot, default_cache_dir, read_snapshot
 from tor_sets.relays import Snapshot
 from tor_sets.urls import redact_url
@@ -163,14 +164,11 @@ def _snapshot(args: argparse.Namespace) -> Snapshot:
 
 
 @contextlib.contextmanager
-def _open_output(path: str, mode: str) -> Iterator[IO[bytes]]:
+def _open_output(path: str, *, append: bool) -> Iterator[IO[bytes]]:
     if path == "-":
         yield sys.stdout.buffer
         return
-    try:
-        out = open(path, mode)  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise TorSetsError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    out = open_output(path, append=append)
     try:
         yield out
     finally:
@@ -213,7 +211,7 @@ def _enrich_file(args: argparse.Namespace, enricher: Enricher) -> int:
     def report(number: int, reason: str) -> None:
         log.warning("enrich: line %d skipped: %s", number, reason)
 
-    with _open_input(args.file) as src, _open_output(args.output, "wb") as dst:
+    with _open_input(args.file) as src, _open_output(args.output, append=False) as dst:
         stats = enrich_stream(src, dst, enricher, on_malformed=report)
     where = ""
     if stats.malformed:
@@ -246,7 +244,7 @@ def _serve(args: argparse.Namespace, enricher: Enricher) -> int:
     with contextlib.ExitStack() as stack:
         write = None
         if args.output != "-":
-            out = stack.enter_context(_open_output(args.output, "ab"))
+            out = stack.enter_context(_open_output(args.output, append=True))
 
             def write(data: bytes) -> None:
                 out.write(data)

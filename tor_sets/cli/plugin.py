@@ -54,7 +54,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     add_source_arguments(p)
     add_rules_arguments(p)
-    p.add_argument("-o", "--output", default="tor.table", metavar="PATH", help="where to write (default: tor.table)")
+    p.add_argument(
+        "-o",
+        "--output",
+        default="tor.table",
+        metavar="PATH",
+        help="where to write (default: tor.table; '-' for stdout)",
+    )
     p.set_defaults(func=_run_table)
 
     p = commands.add_parser("inspect", help="check a table and summarise it", description="Check a table.")

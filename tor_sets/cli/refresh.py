@@ -31,6 +31,7 @@ from tor_sets.refresh import (
     Status,
     Stop,
     Stopped,
+    check_falco_pid,
     refresh,
     run_every,
     status,
@@ -45,7 +46,8 @@ REFRESH_EPILOG = """\
 exit codes:
   0    the rules were updated, or nothing changed (304, same data, or older data than deployed)
   2    usage error
-  3    runtime error: lock timeout, a file cannot be written, the engine or the reload failed
+  3    runtime error: lock timeout, a file cannot be written or is not a regular file (-o, --state, --lock),
+       the engine or the reload failed, --reload-pid is not a Falco process
   4    upstream failure: fetch failed or the document is unusable; the rules file is left as it was
   5    a sanity guard tripped (--min-relays, --max-drop, an empty set, a too-wide network); rules left as they were
   6    validation failure: the new rules do not load; the old rules stay
@@ -128,7 +130,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         epilog=REFRESH_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="PATH", help="the rules file to keep fresh")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the rules file to keep fresh (a regular file, or a link to one)",
+    )
     add_source_arguments(parser)
     fetching = parser.add_argument_group("fetching")
     fetching.add_argument(
@@ -169,7 +178,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     deploy = parser.add_argument_group("deploying")
     reload = deploy.add_mutually_exclusive_group()
-    reload.add_argument("--reload-pid", type=int, metavar="PID", help="send SIGHUP to this Falco process")
+    reload.add_argument(
+        "--reload-pid",
+        type=int,
+        metavar="PID",
+        help="send SIGHUP to this Falco process (refused unless its name is falco; checked before each signal)",
+    )
     reload.add_argument(
         "--reload-cmd",
         type=_command,
@@ -307,6 +321,8 @@ def _log_outcome(outcome: Outcome, output: Path) -> None:
 def run_refresh(args: argparse.Namespace) -> int:
     """Run ``tor-sets refresh``; return the exit code."""
     options = refresh_options(args)
+    if options.reload.pid is not None:
+        check_falco_pid(options.reload.pid)  # again before each signal: Falco may have gone and its pid been reused
     stop = Stop()
     with _signals(stop):
         if args.every is not None:

@@ -165,7 +165,8 @@ class LiveFalco:
                     {
                         "rule": READY_RULE,
                         "desc": "tor-sets: a marker file was opened (Falco is capturing)",
-                        "condition": f"evt.type in (open, openat, openat2) and fd.name startswith {self._marker(0)[:-1]}",
+                        "condition": "evt.type in (open, openat, openat2) and fd.name startswith "
+                        + self._marker(0)[:-1],
                         "output": "tor-sets marker | file=%fd.name",
                         "priority": "DEBUG",
                         "tags": ["tor-sets-marker"],
@@ -206,7 +207,8 @@ class LiveFalco:
             "sh",
             *install.command(["-c", str(self.workdir / "falco.yaml")], preload=preload),
         ]
-        log.info("falco live: starting Falco %s with the modern eBPF probe%s", install.version, " (memlock shim)" if preload else "")
+        shim = " (memlock shim)" if preload else ""
+        log.info("falco live: starting Falco %s with the modern eBPF probe%s", install.version, shim)
         start = time.monotonic()
         with open(self.log_path, "wb") as out:
             self._proc = subprocess.Popen(
@@ -215,7 +217,7 @@ class LiveFalco:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_parent_death_signal,  # noqa: PLW1509 (nothing else runs between fork and exec)
+                preexec_fn=_parent_death_signal,
             )
         self.sync(self.ready_timeout)
         self.started_s = time.monotonic() - start

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tor_sets.engines.paths import modern_root
 from tor_sets.errors import TorSetsError
+from tor_sets.files import require_folder
 
 __all__ = ["CFLAGS", "LIBRARY_NAME", "SOURCE_NAME", "compile_plugin", "find_include_dir", "source_bytes"]
 
@@ -92,6 +93,7 @@ def compile_plugin(
     Raises:
         TorSetsError: no compiler, no header, or the compiler failed (its diagnostics in the message).
     """
+    require_folder(dest_dir)
     include = include_dir if include_dir is not None else find_include_dir()
     if not (include / _HEADER).is_file():
         raise TorSetsError(f"{include} has no {_HEADER}")

@@ -22,7 +22,7 @@ from pathlib import Path
 from tor_sets.engines import docker as _docker
 from tor_sets.engines.paths import MODERN_IMAGE, MODERN_IMAGE_REPO, docker_dir
 from tor_sets.errors import EngineError, EngineUnavailable
-from tor_sets.files import atomic_write
+from tor_sets.files import atomic_write, read_regular
 from tor_sets.provision import steps
 from tor_sets.provision.sysdig import root_sysdig_version
 
@@ -125,7 +125,7 @@ def docker_state() -> DockerState | None:
     """The daemon tor-sets started, if its state file exists and its process is still a dockerd."""
     path = docker_dir() / STATE_FILE
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_regular(path))
         state = DockerState(int(doc["pid"]), str(doc["data_root"]), str(doc["log"]), float(doc["started_at"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -195,7 +195,10 @@ def _write_state(state: DockerState) -> None:
         "started_at": state.started_at,
         "started_by": "tor-sets",
     }
-    atomic_write(path, (json.dumps(doc, sort_keys=True) + "\n").encode())
+    try:
+        atomic_write(path, (json.dumps(doc, sort_keys=True) + "\n").encode())
+    except OSError as exc:  # a FIFO or device put there is refused, not replaced
+        raise EngineError(f"cannot write the dockerd state {path}: {exc.strerror or exc}") from exc
 
 
 def stop_docker() -> DockerState | None:
