@@ -42,6 +42,7 @@ import re
 import secrets
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -104,12 +105,28 @@ DOCUMENTATION_NETWORKS: tuple[IPNetwork, ...] = (
 FORBIDDEN_NETWORK = ipaddress.ip_network("192.0.2.0/24")
 
 #: the rules each case must fire
-CASE_RULES: dict[Case, frozenset[str]] = {
+CASE_RULES: dict[str, frozenset[str]] = {
     "outbound": frozenset({OUTBOUND_RULE, OUTBOUND_RELAY_RULE}),
     "inbound": frozenset({INBOUND_RULE}),
 }
 
 _IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection (the lab is alone on its wire)
+#: the lab's watcher: removes the namespaces named in argv when the pipe on fd argv[1] ends without "done"
+_REAPER = """\
+import os, subprocess, sys
+fd, names, data = int(sys.argv[1]), sys.argv[2:], b""
+while True:
+    try:
+        chunk = os.read(fd, 64)
+    except InterruptedError:
+        continue
+    if not chunk:
+        break
+    data += chunk
+if b"done" not in data:
+    for name in names:
+        subprocess.run(["ip", "netns", "delete", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+"""
 _GREETING = b"tor-sets selftest\n"
 
 
@@ -186,6 +203,8 @@ class LabPlan:
         network: the lab network (the canary's /24, or /64 for IPv6).
         client_ns, relay_ns: namespace names (``tor-sets-lab-TOKEN-client`` / ``-relay``).
         client_if, relay_if: the veth ends (``tslTOKENc`` / ``tslTOKENr``, within 15 characters).
+        bystander: a second address of the relay namespace that is no canary: connections with it must stay
+            silent.
     """
 
     canary: IPAddress
@@ -195,6 +214,7 @@ class LabPlan:
     relay_ns: str
     client_if: str
     relay_if: str
+    bystander: IPAddress | None = None
 
     @property
     def family(self) -> int:
@@ -237,9 +257,7 @@ def plan_lab(canary: IPAddress | str, *, host: HostNetwork, token: str | None = 
         raise SanityError(
             f"canary {address}: its lab network {network} overlaps this machine's " + ", ".join(conflicts[:5])
         )
-    client = network.network_address + 1
-    if client == address:
-        client = network.network_address + 2
+    client, bystander = _two_free(network, address)
     token = token or secrets.token_hex(4)
     if not re.fullmatch(r"[0-9a-f]{8}", token):
         raise ValueError("token must be 8 lower-case hex digits")
@@ -251,7 +269,14 @@ def plan_lab(canary: IPAddress | str, *, host: HostNetwork, token: str | None = 
         relay_ns=f"tor-sets-lab-{token}-relay",
         client_if=f"tsl{token}c",
         relay_if=f"tsl{token}r",
+        bystander=bystander,
     )
+
+
+def _two_free(network: IPNetwork, canary: IPAddress) -> tuple[IPAddress, IPAddress]:
+    """The first two addresses of ``network`` after its network address that are not the canary."""
+    found = [network.network_address + n for n in range(1, 4) if network.network_address + n != canary]
+    return found[0], found[1]
 
 
 def _iproute_class() -> Any:
@@ -280,7 +305,8 @@ class Observed:
     """One real connection made in the lab, as both of its ends saw it.
 
     Attributes:
-        case: ``outbound`` (client → canary) or ``inbound`` (canary → client).
+        case: ``outbound`` (client → canary), ``inbound`` (canary → client), or ``bystander-outbound`` /
+            ``bystander-inbound`` (the same with the relay namespace's other address, which must stay silent).
         client, client_port: the connecting end.
         server, server_port: the listening end.
         connect_ts_ns: wall clock (ns since the epoch) when ``connect()`` returned.
@@ -292,7 +318,7 @@ class Observed:
         pid: the process that made the syscalls (this one).
     """
 
-    case: Case
+    case: str
     client: IPAddress
     client_port: int
     server: IPAddress
@@ -315,6 +341,25 @@ class Observed:
             "peer_seen": f"{self.peer_seen}",
             "connect_ms": round(self.connect_s * 1000, 3),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A connect to the canary that the kernel refused (nothing listened): it must raise no alert.
+
+    Attributes:
+        client, client_port: the connecting end.
+        server, server_port: the canary and the closed port.
+        ts_ns: wall clock when ``connect()`` returned.
+        errno: what it returned (ECONNREFUSED).
+    """
+
+    client: IPAddress
+    client_port: int
+    server: IPAddress
+    server_port: int
+    ts_ns: int
+    errno: int
 
 
 class _Terminated(SystemExit):
@@ -342,6 +387,8 @@ class Lab:
         self._cleaning = False
         self._owner = os.getpid()
         self.setup_s = 0.0
+        self._reaper: subprocess.Popen[bytes] | None = None
+        self._reaper_fd: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -352,6 +399,7 @@ class Lab:
         start = time.perf_counter()
         try:
             self._trap_sigterm()
+            self._start_reaper()
             self._build()
         except BaseException:
             self.close()
@@ -361,6 +409,39 @@ class Lab:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+    def _start_reaper(self) -> None:
+        """Start a watcher that removes the namespaces if this process dies without closing the lab (SIGKILL).
+
+        The watcher runs in a session of its own and waits for the end of a pipe this process holds; when the
+        pipe closes without a ``done`` first, it removes the namespaces by name. ``close()`` writes ``done``.
+        """
+        read_fd, write_fd = os.pipe()
+        names = [self.plan.client_ns, self.plan.relay_ns]
+        try:
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _REAPER, str(read_fd), *names],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(read_fd,),
+                start_new_session=True,
+            )
+        finally:
+            os.close(read_fd)
+        os.set_inheritable(write_fd, False)
+        self._reaper_fd = write_fd
+
+    def _stop_reaper(self) -> None:
+        fd, self._reaper_fd = self._reaper_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"done")
+            os.close(fd)
+        if self._reaper is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._reaper.wait(5)
+            self._reaper = None
 
     def _trap_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -394,15 +475,21 @@ class Lab:
                     kind="veth",
                     peer={"ifname": plan.relay_if, "net_ns_fd": plan.relay_ns},
                 )
-            for ns, ifname, address in (
-                (plan.client_ns, plan.client_if, plan.client),
-                (plan.relay_ns, plan.relay_if, plan.canary),
+            relay_addresses = [plan.canary] + ([plan.bystander] if plan.bystander is not None else [])
+            for ns, ifname, addresses in (
+                (plan.client_ns, plan.client_if, [plan.client]),
+                (plan.relay_ns, plan.relay_if, relay_addresses),
             ):
                 with iproute(netns=ns, flags=0) as ipr:
                     (index,) = ipr.link_lookup(ifname=ifname)
-                    ipr.addr(
-                        "add", index=index, address=str(address), prefixlen=plan.network.prefixlen, flags=_IFA_F_NODAD
-                    )
+                    for address in addresses:
+                        ipr.addr(
+                            "add",
+                            index=index,
+                            address=str(address),
+                            prefixlen=plan.network.prefixlen,
+                            flags=_IFA_F_NODAD,
+                        )
                     ipr.link("set", index=index, state="up")
                     (lo,) = ipr.link_lookup(ifname="lo")
                     ipr.link("set", index=lo, state="up")
@@ -445,6 +532,7 @@ class Lab:
                 except OSError as exc:
                     log.warning("selftest: could not remove namespace %s: %s", name, exc)
             self._created.clear()
+            self._stop_reaper()
         finally:
             if self._previous_handler is not None:
                 signal.signal(signal.SIGTERM, self._previous_handler)
@@ -468,7 +556,15 @@ class Lab:
         return sock
 
     def _connect(
-        self, case: Case, *, server_ns: str, server_ip: IPAddress, client_ns: str, client_ip: IPAddress, port: int
+        self,
+        case: str,
+        *,
+        server_ns: str,
+        server_ip: IPAddress,
+        client_ns: str,
+        client_ip: IPAddress,
+        port: int,
+        expect_peer: IPAddress | None = None,
     ) -> Observed:
         try:
             server = self._socket(server_ns)
@@ -508,9 +604,10 @@ class Lab:
             raise TorSetsError(
                 f"selftest {case}: the ends disagree: client sees {client_seen}, server sees {accepted_peer}:{peer[1]}"
             )
-        canary_seen = client_seen if case == "outbound" else accepted_peer
-        if canary_seen != self.plan.canary:
-            raise TorSetsError(f"selftest {case}: the peer seen is {canary_seen}, not the canary {self.plan.canary}")
+        canary_seen = client_seen if case.endswith("outbound") else accepted_peer
+        wanted = expect_peer if expect_peer is not None else self.plan.canary
+        if canary_seen != wanted:
+            raise TorSetsError(f"selftest {case}: the peer seen is {canary_seen}, not {wanted}")
         return Observed(
             case=case,
             client=client_ip,
@@ -552,6 +649,59 @@ class Lab:
         """Make one connection per case, in order."""
         return tuple(self.outbound(port) if case == "outbound" else self.inbound(port) for case in cases)
 
+    def bystander(self) -> tuple[Observed, Observed]:
+        """An outbound and an inbound connection with the bystander, the relay namespace's other address."""
+        plan = self.plan
+        if plan.bystander is None:
+            raise TorSetsError("this lab has no bystander address")
+        out = self._connect(
+            "bystander-outbound",
+            server_ns=plan.relay_ns,
+            server_ip=plan.bystander,
+            client_ns=plan.client_ns,
+            client_ip=plan.client,
+            port=0,
+            expect_peer=plan.bystander,
+        )
+        into = self._connect(
+            "bystander-inbound",
+            server_ns=plan.client_ns,
+            server_ip=plan.client,
+            client_ns=plan.relay_ns,
+            client_ip=plan.bystander,
+            port=0,
+            expect_peer=plan.bystander,
+        )
+        return out, into
+
+    def refused(self) -> Refused:
+        """A blocking connect from the client to a canary port nobody listens on: the kernel refuses it at once.
+
+        The port is found by binding and closing a socket on the canary, so nothing listens there.
+        """
+        plan = self.plan
+        try:
+            probe = self._socket(plan.relay_ns)
+            probe.bind((str(plan.canary), 0))
+            port = int(probe.getsockname()[1])
+            probe.close()
+            client = self._socket(plan.client_ns)
+            client.settimeout(None)  # blocking: the refusal comes back from connect() itself, not later
+            client.bind((str(plan.client), 0))
+            local_port = int(client.getsockname()[1])
+            errno_ = client.connect_ex((str(plan.canary), port))
+            ts = time.time_ns()
+        except OSError as exc:
+            raise TorSetsError(f"selftest refused: the probe to {plan.canary} failed: {exc}") from exc
+        finally:
+            for sock in self._sockets[:]:
+                with contextlib.suppress(OSError):
+                    sock.close()
+            self._sockets.clear()
+        if errno_ == 0:
+            raise TorSetsError(f"selftest refused: port {port} on {plan.canary} accepted a connection")
+        return Refused(plan.client, local_port, plan.canary, port, ts, errno_)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Matching alerts
@@ -569,7 +719,7 @@ class Expectation:
         ts_ns: when the syscall the rule watches happened (connect for outbound, accept for inbound).
     """
 
-    case: Case
+    case: str
     rules: frozenset[str]
     client: IPAddress
     client_port: int
@@ -583,12 +733,12 @@ def expectations(observed: Iterable[Observed]) -> tuple[Expectation, ...]:
     return tuple(
         Expectation(
             case=o.case,
-            rules=CASE_RULES[o.case],
+            rules=CASE_RULES.get(o.case, frozenset()),
             client=o.client,
             client_port=o.client_port,
             server=o.server,
             server_port=o.server_port,
-            ts_ns=o.connect_ts_ns if o.case == "outbound" else o.accept_ts_ns,
+            ts_ns=o.connect_ts_ns if o.case.endswith("outbound") else o.accept_ts_ns,
         )
         for o in observed
     )

@@ -6,6 +6,7 @@
     tor-sets selftest --canary 198.51.100.77 --sink /var/log/falco/events.json       # Falco's file_output
     tor-sets selftest --canary 198.51.100.77 --sink http://127.0.0.1:2801            # tor-sets enrich --listen
     tor-sets selftest --canary 198.51.100.77 --sink out.json --simulate tor_rules.yaml   # no Falco: a real engine
+    tor-sets selftest --live [--plugin]      # starts real Falco (modern eBPF) itself, checks alerts, silence, enrich
 
 Needs root (network namespaces). The report goes to stdout (a table, or JSON with ``--json``); exit 0 when
 every alert arrived, 1 when one did not within ``--timeout``.
@@ -20,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tor_sets.errors import SanityError
+from tor_sets.errors import SanityError, UsageError
 from tor_sets.selftest import CASES, Case, Observed, Report, format_table, open_sink, run_selftest, simulate_alerts
 
 __all__ = ["add_parser", "run"]
@@ -66,18 +67,31 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Create two network namespaces joined by a veth pair (no default route, documentation "
         "addresses only), make a real outbound connection to the canary and an inbound one from it, and wait for "
         "the matching alerts in Falco's JSON output file or at a 'tor-sets enrich --listen' endpoint. Needs root.",
-        epilog="exit codes: 0 every alert arrived, 1 an alert is missing, 2 usage, 3 runtime error, "
-        "5 the canary is unsafe here",
+        epilog="exit codes: 0 every alert arrived (and, with --live, every silent case stayed silent), 1 a check "
+        "failed, 2 usage, 3 runtime error, 5 the canary is unsafe here",
     )
     parser.add_argument(
-        "--canary", required=True, type=_address, metavar="ADDRESS", help="the canary the rules were built with"
+        "--canary",
+        type=_address,
+        metavar="ADDRESS",
+        help="the canary the rules were built with (required unless --live, which uses 198.51.100.77 by default)",
     )
     parser.add_argument(
         "--sink",
-        required=True,
         metavar="FILE|URL",
-        help="Falco's JSON output file, or http://127.0.0.1:PORT of 'tor-sets enrich --listen'",
+        help="Falco's JSON output file, or http://127.0.0.1:PORT of 'tor-sets enrich --listen' (not with --live)",
     )
+    live = parser.add_argument_group("with a Falco that tor-sets starts")
+    live.add_argument(
+        "--live",
+        action="store_true",
+        help="start the installed Falco with its modern eBPF probe, with rules built with the canary, and check "
+        "that the canary's connections alert, a refused connect and another peer stay silent, and the alerts "
+        "come out of an enrich endpoint enriched (root; `tor-sets engines install falco` first)",
+    )
+    live.add_argument("--plugin", action="store_true", help="with --live: the same with the plugin and a table swap")
+    live.add_argument("--input", "-i", type=Path, metavar="FILE", help="with --live: relay data (default: bundled)")
+    live.add_argument("--keep", type=Path, metavar="DIR", help="with --live: keep Falco's config, rules, log in DIR")
     parser.add_argument(
         "--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="wait this long for alerts (default: 30)"
     )
@@ -97,6 +111,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Run ``tor-sets selftest``; return the exit code."""
+    if args.live:
+        return _run_live(args)
+    for flag, value in (("--plugin", args.plugin), ("--input", args.input), ("--keep", args.keep)):
+        if value:
+            raise UsageError(f"{flag} only goes with --live")
+    if args.canary is None or args.sink is None:
+        raise UsageError("--canary and --sink are required (or use --live)")
     sink = open_sink(args.sink)
     on_connected = None
     engine_name = None
@@ -131,6 +152,29 @@ def run(args: argparse.Namespace) -> int:
         simulated_by=engine_name,
     )
     _print(report, as_json=args.json)
+    return 0 if report.ok else 1
+
+
+def _run_live(args: argparse.Namespace) -> int:
+    from tor_sets.onionoo import bundled_snapshot, read_snapshot
+    from tor_sets.selftest_live import DEFAULT_CANARY, format_live, run_live
+
+    for flag, value in (("--sink", args.sink), ("--simulate", args.simulate), ("--engine", args.engine)):
+        if value:
+            raise UsageError(f"{flag} does not go with --live (it starts Falco and reads its alerts itself)")
+    snapshot = read_snapshot(args.input) if args.input else bundled_snapshot()
+    report = run_live(
+        snapshot,
+        canary=args.canary or DEFAULT_CANARY,
+        plugin=args.plugin,
+        timeout=args.timeout,
+        workdir=args.keep,
+    )
+    if args.json:
+        sys.stdout.write(json.dumps(report.to_json(), sort_keys=True) + "\n")
+    else:
+        sys.stdout.write(format_live(report))
+    sys.stdout.flush()
     return 0 if report.ok else 1
 
 

@@ -282,7 +282,7 @@ class LiveFalco:
             self._check_running()
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.02)
+            time.sleep(0.005)
 
     def sync(self, timeout: float = 30.0) -> float:
         """Open a fresh marker file until Falco alerts on it: every event before it has then been judged.

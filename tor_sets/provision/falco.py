@@ -241,10 +241,21 @@ class _Build:
         """``path`` (under the build root) as the root sees it."""
         return "/" + str(path.relative_to(self.build_root))
 
-    def chroot(self, argv: list[str], what: str, log_file: Path, *, offline: bool = False) -> str:
+    def chroot(
+        self, argv: list[str], what: str, log_file: Path, *, offline: bool = False, capture: bool = False
+    ) -> str:
         env = {"PATH": steps.CHROOT_PATH, "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
         prefix = ["unshare", "--net"] if offline else []
-        return steps.run([*prefix, "chroot", str(self.build_root), *argv], what, env=env, log_file=log_file)
+        argv = [*prefix, "chroot", str(self.build_root), *argv]
+        return steps.run(argv, what, env=env, log_file=log_file, capture=capture)
+
+    @property
+    def compiled_marker(self) -> Path:
+        """Written when ``make falco`` finished for this key: a later step that fails does not cost a rebuild."""
+        return self.work / ".tor-sets-compiled"
+
+    def compiled(self) -> bool:
+        return self.compiled_marker.is_file() and (self.work / "build/userspace/falco/falco").is_file()
 
     # 1
     def root(self) -> tuple[bool, str]:
@@ -282,6 +293,8 @@ class _Build:
 
     # 2
     def unpack(self) -> tuple[bool, str]:
+        if self.compiled():
+            return False, f"built earlier in {self.work}"
         steps.discard(self.work)
         for name, tarball in (
             ("falco", self.sources.falco),
@@ -313,6 +326,8 @@ class _Build:
 
     # 3
     def configure(self) -> tuple[bool, str]:
+        if self.compiled():
+            return False, "configured earlier"
         build = self.work / "build"
         build.mkdir(exist_ok=True)
         flags = [
@@ -328,12 +343,15 @@ class _Build:
 
     # 4
     def compile(self) -> tuple[bool, str]:
+        if self.compiled():
+            return False, f"compiled earlier ({self.work / 'build/userspace/falco/falco'})"
         jobs = max(1, len(os.sched_getaffinity(0)))
         script = f"cd {self.inside(self.work / 'build')} && make -j{jobs} falco"
         self.chroot(["sh", "-c", script], "make falco", self.log_file("compile"), offline=True)
         binary = self.work / "build/userspace/falco/falco"
         if not binary.is_file():
             raise EngineError(f"make finished but {binary} is missing (log: {self.logs / 'compile.log'})")
+        self.compiled_marker.write_text(self.sources.key + "\n")
         return True, f"{binary.stat().st_size / 1e6:.0f} MB binary with debug information, {jobs} jobs"
 
     # 5
@@ -362,7 +380,7 @@ class _Build:
             "compile the memlock shim",
             log_file,
         )
-        ldd = self.chroot(["ldd", self.inside(stripped)], "ldd", log_file)
+        ldd = self.chroot(["ldd", self.inside(stripped)], "ldd", log_file, capture=True)
         runtime = self.home / "runtime"
         tmp = self.home / "runtime.tmp"
         steps.discard(tmp)

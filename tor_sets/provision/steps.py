@@ -91,8 +91,9 @@ def run(
     env: Mapping[str, str] | None = None,
     log_file: Path | None = None,
     cwd: Path | None = None,
+    capture: bool = False,
 ) -> str:
-    """Run an install command to its end; return its last lines of output.
+    """Run an install command to its end; return its output (the last 60 lines, or all with ``capture``).
 
     Args:
         argv: the command.
@@ -100,6 +101,7 @@ def run(
         env: variables added to this process's environment.
         log_file: where to append the whole output (stdout and stderr); the error message names it.
         cwd: working folder.
+        capture: return the whole output, not only its end (for output that is data, such as ``ldd``'s).
 
     Raises:
         EngineUnavailable: the program is missing.
@@ -122,7 +124,7 @@ def run(
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise EngineUnavailable(f"{what}: cannot run {argv[0]}: {exc.strerror}") from exc
-        tail: collections.deque[str] = collections.deque(maxlen=60)
+        tail: collections.deque[str] = collections.deque(maxlen=None if capture else 60)
         assert proc.stdout is not None
         with proc.stdout:
             for raw in proc.stdout:
