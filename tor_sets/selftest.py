@@ -50,18 +50,18 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, Protocol
 
 import requests
 
-from tor_sets.engines.base import NA, Engine
+from tor_sets.engines.base import Engine
 from tor_sets.enrich import alert_addresses
 from tor_sets.errors import SanityError, TorSetsError
+from tor_sets.falco.alerts import alert_json, output_fields
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RELAY_RULE, OUTBOUND_RULE
-from tor_sets.falco.load import LoadedRule, RuleSet
+from tor_sets.falco.load import load_rules
 from tor_sets.relays import IPAddress, IPNetwork
 from tor_sets.scap import MIN_GAP_NS, Connection, Process, write_capture
 
@@ -370,8 +370,9 @@ class Lab:
     """Two network namespaces joined by a veth pair, for one self-test; a context manager.
 
     Entering creates everything (and undoes what it did if a step fails); leaving closes every socket, deletes
-    the veth and removes both namespaces, also when SIGTERM arrives in between (the main thread's handler is
-    replaced for the duration and raises ``SystemExit(143)``).
+    the veth and removes both namespaces, also when SIGTERM or SIGINT arrives in between (the main thread's
+    handlers are replaced for the duration and raise ``SystemExit(128 + signal)``, at once, or after the clean-up
+    when it arrives during it), and even after SIGKILL (a watcher process removes them).
 
     Args:
         plan: from :func:`plan_lab`.
@@ -383,7 +384,8 @@ class Lab:
         self.timeout = timeout
         self._created: list[str] = []
         self._sockets: list[socket.socket] = []
-        self._previous_handler: Any = None
+        self._previous_handlers: dict[int, Any] = {}
+        self._signalled: int | None = None
         self._cleaning = False
         self._owner = os.getpid()
         self.setup_s = 0.0
@@ -452,10 +454,13 @@ class Lab:
                 # a child pyroute2 forked to enter a namespace inherits this handler: it must just end, never
                 # unwind the parent's stack copy (which would run the clean-up and remove the namespaces)
                 os._exit(128 + signum)
+            # remembered, so that close() raises it even when this raise is swallowed: Python ignores exceptions
+            # in at-fork callbacks (logging's), and pyroute2 forks to enter a namespace
+            self._signalled = signum
             if not self._cleaning:
                 raise _Terminated(128 + signum)
 
-        self._previous_handler = signal.signal(signal.SIGTERM, handler)
+        self._previous_handlers = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _build(self) -> None:
         netns = _netns_module()
@@ -534,10 +539,13 @@ class Lab:
             self._created.clear()
             self._stop_reaper()
         finally:
-            if self._previous_handler is not None:
-                signal.signal(signal.SIGTERM, self._previous_handler)
-                self._previous_handler = None
+            for sig, previous in self._previous_handlers.items():
+                signal.signal(sig, previous)
+            self._previous_handlers = {}
             self._cleaning = False
+        signalled, self._signalled = self._signalled, None
+        if signalled is not None:
+            raise _Terminated(128 + signalled)
 
     @property
     def namespaces(self) -> tuple[str, ...]:
@@ -1191,7 +1199,6 @@ SIMULATED_FIELDS: tuple[str, ...] = (
     "user.name",
 )
 _NUMERIC_FIELDS = frozenset({"evt.rawres", "fd.lport", "fd.rport", "fd.sport", "fd.cport", "proc.pid"})
-_OUTPUT_FIELD = re.compile(r"%\(?([A-Za-z_][A-Za-z0-9_.]*(?:\[[^\]]*\])?)\)?")
 
 
 def _connections(observed: Sequence[Observed]) -> list[Connection]:
@@ -1233,68 +1240,43 @@ def _this_process(pid: int) -> Process:
     return Process(pid=pid, comm=comm[:15] or "tor-sets", exe=sys.executable, args=args)
 
 
-def _falco_time(ts_ns: int) -> str:
-    seconds, nanos = divmod(ts_ns, 1_000_000_000)
-    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z"
-
-
-def _alert(rule: LoadedRule, values: Mapping[str, str], ts_ns: int, hostname: str) -> dict[str, Any]:
-    """A Falco-JSON alert for one match of ``rule``."""
-    fields: dict[str, Any] = {"evt.time": ts_ns}
-    for name in _OUTPUT_FIELD.findall(rule.output):
-        value = values.get(name, NA)
-        if value == NA:
-            fields[name] = None
-        elif name in _NUMERIC_FIELDS and value.lstrip("-").isdigit():
-            fields[name] = int(value)
-        else:
-            fields[name] = value
-
-    def text(m: re.Match[str]) -> str:
-        value = fields.get(m[1])
-        return NA if value is None else str(value)
-
-    seconds, nanos = divmod(ts_ns, 1_000_000_000)
-    clock = f"{datetime.fromtimestamp(seconds, UTC):%H:%M:%S}.{nanos:09d}"
-    return {
-        "hostname": hostname,
-        "output": f"{clock}: {rule.priority} {_OUTPUT_FIELD.sub(text, rule.output)}",
-        "output_fields": fields,
-        "priority": rule.priority,
-        "rule": rule.name,
-        "source": rule.source,
-        "tags": list(rule.tags),
-        "time": _falco_time(ts_ns),
-    }
-
-
 def simulate_alerts(
-    observed: Sequence[Observed], rules: RuleSet, engine: Engine, *, hostname: str | None = None
+    observed: Sequence[Observed], rules: Sequence[Path], engine: Engine, *, hostname: str | None = None
 ) -> list[bytes]:
     """What a Falco running ``rules`` would have written for ``observed``, computed by a real engine.
 
     The connections become a capture (connect and accept4 exit of each, by this process), which ``engine``
-    replays once per enabled syscall rule with the rule's expanded condition; every match becomes a JSON alert
-    line shaped like Falco's (``hostname, output, output_fields, priority, rule, source, tags, time``; output
-    fields the engine cannot print are null).
+    replays against the rules files (:meth:`~tor_sets.engines.Engine.replay`); every match becomes a JSON alert
+    line shaped like Falco's (:func:`tor_sets.falco.alerts.alert_json`; output fields without a value are null).
 
     Raises:
         CaptureError: the capture cannot be written.
-        EngineError, RuleError: the engine failed or rejected a condition.
+        EngineError, RuleError: the engine failed or rejected the rules.
     """
     hostname = hostname or socket.gethostname()
+    loaded = {rule.name: rule for rule in load_rules(*rules).rules.values()}
+    fields = tuple(dict.fromkeys([*SIMULATED_FIELDS, *(f for r in loaded.values() for f in output_fields(r.output))]))
     connections = _connections(observed)
     processes = [_this_process(pid) for pid in sorted({c.pid for c in connections})]
     alerts: list[tuple[int, bytes]] = []
     with tempfile.TemporaryDirectory(prefix="tor-sets-selftest-") as tmp:
         capture = Path(tmp) / "selftest.scap"
         write_capture(capture, connections, processes=processes, hostname=hostname)
-        for rule in rules.rules.values():
-            if not rule.enabled or rule.source != "syscall" or not rule.complete:
-                continue
-            run = engine.filter(capture, rule.expanded, SIMULATED_FIELDS)
-            for match in run.matches:
-                doc = _alert(rule, match.fields, match.ts_ns, hostname)
-                alerts.append((match.ts_ns, json.dumps(doc, separators=(",", ":")).encode() + b"\n"))
+        replay = engine.replay(capture, rules, fields=fields)
+    for name, matches in replay.hits.items():
+        rule = loaded[name]
+        for match in matches:
+            doc = alert_json(
+                rule=rule.name,
+                priority=rule.priority,
+                output=rule.output,
+                values=match.fields,
+                ts_ns=match.ts_ns,
+                hostname=hostname,
+                source=rule.source,
+                tags=rule.tags,
+                numeric=_NUMERIC_FIELDS,
+            )
+            alerts.append((match.ts_ns, json.dumps(doc, separators=(",", ":")).encode() + b"\n"))
     alerts.sort(key=lambda item: item[0])
     return [line for _, line in alerts]

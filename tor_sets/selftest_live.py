@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -40,7 +41,7 @@ from tor_sets.build import BuildOptions, build, relay_sets
 from tor_sets.engines.base import Plugin
 from tor_sets.engines.live import LiveFalco
 from tor_sets.enrich import Enricher, EnrichServer, RelayIndex, ServerSettings
-from tor_sets.errors import TorSetsError
+from tor_sets.errors import EngineUnavailable, TorSetsError
 from tor_sets.falco.alerts import Alert
 from tor_sets.files import atomic_write
 from tor_sets.relays import IPAddress, Relay, Snapshot
@@ -312,6 +313,10 @@ def run_live(
     """
     from tor_sets.engines.paths import falco_installed
 
+    if os.geteuid() != 0:
+        raise EngineUnavailable(
+            "the live self-test needs root: it starts Falco's eBPF probe and creates network namespaces"
+        )
     installed = falco_installed()
     version = installed.version if installed else "?"
     plan = plan_lab(canary, host=host if host is not None else HostNetwork.read())

@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         from tor_sets.falco.load import load_rules
 
         rules = load_rules(args.simulate)
+        rules_path = args.simulate
         engine = get_engine(args.engine) if args.engine else auto()
         engine.check()
         engine_name = engine.name
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             log.warning("selftest: %s does not mention %s: expect FAIL (build with --canary)", args.simulate, canary)
 
         def on_connected(observed: tuple[Observed, ...]) -> None:
-            lines = simulate_alerts(observed, rules, engine)
+            lines = simulate_alerts(observed, [rules_path], engine)
             log.info(
                 "selftest: %s produced %d alert(s); delivering them to %s", engine.name, len(lines), sink.describe()
             )

@@ -25,7 +25,16 @@ from typing import Any
 
 from tor_sets.errors import EngineError
 
-__all__ = ["NA", "Alert", "alert_json", "format_time", "parse_alert", "parse_alerts", "parse_time"]
+__all__ = [
+    "NA",
+    "Alert",
+    "alert_json",
+    "format_time",
+    "output_fields",
+    "parse_alert",
+    "parse_alerts",
+    "parse_time",
+]
 
 #: how Falco (and sysdig) print a field without a value
 NA = "<NA>"
@@ -153,6 +162,15 @@ def parse_alerts(stdout: str, *, engine: str = "falco") -> tuple[Alert, ...]:
     return tuple(alerts)
 
 
+def output_fields(output: str) -> list[str]:
+    """The fields an output format names, in order, each once.
+
+    >>> output_fields("Tor | connection=%fd.cip:%fd.cport->%fd.sip:%fd.sport user=%user.name again=%fd.cip")
+    ['fd.cip', 'fd.cport', 'fd.sip', 'fd.sport', 'user.name']
+    """
+    return list(dict.fromkeys(_OUTPUT_FIELD.findall(output)))
+
+
 def alert_json(
     *,
     rule: str,
@@ -175,7 +193,7 @@ def alert_json(
         numeric: fields Falco prints as JSON numbers.
     """
     fields: dict[str, Any] = {"evt.time": ts_ns}
-    for name in _OUTPUT_FIELD.findall(output):
+    for name in output_fields(output):
         value = values.get(name, NA)
         if value == NA:
             fields[name] = None
