@@ -15,17 +15,17 @@ from __future__ import annotations
 import contextlib
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tor_sets.engines import Engine, Plugin
+from tor_sets.engines import Engine, Plugin, Replay
 from tor_sets.falco.generate import OUTBOUND_RELAY_RULE
 from tor_sets.falco.load import LoadedRule, RuleSet, load_rules
 from tor_sets.relays import Role
 from tor_sets.scenarios import Expectation, Scenario, write_scenario
 
-__all__ = ["RuleVerdict", "Verdict", "judge", "rule_expectation", "verify"]
+__all__ = ["RuleVerdict", "Verdict", "disagreements", "judge", "rule_expectation", "verify"]
 
 _FIELDS = ("evt.type", "fd.cip", "fd.sip", "fd.cport", "fd.sport", "proc.name", "evt.res")
 _SHOWN = 10
@@ -117,19 +117,23 @@ def judge(
     rules: Sequence[LoadedRule],
     scenario: Scenario,
     problems: Mapping[str, str] | None = None,
+    taken: Mapping[int, str] | None = None,
 ) -> list[RuleVerdict]:
     """Verdicts for every rule, from the timestamps each rule fired on.
 
     A connection counts as missed when no rule of its kind fired on it, so files that split one kind over several
     rules (per family, like the 2022 tool's) are judged as a whole. A rule in ``problems`` could not be evaluated
-    by the engine: its verdict says why, and it takes no part in the union.
+    by the engine: its verdict says why, and it takes no part in the union. ``taken`` names, per event, a rule
+    outside the judged ones that alerted on it (which, under ``rule_matching: first``, explains a miss).
     """
     problems = problems or {}
+    taken = taken or {}
     by_ts = scenario.by_ts()
 
     def describe(ts: int) -> str:
         lab = by_ts.get(ts)
-        return lab.describe() if lab else f"an event at {ts} that is no labelled connection"
+        text = lab.describe() if lab else f"an event at {ts} that is no labelled connection"
+        return f"{text} (taken by rule {taken[ts]!r})" if ts in taken else text
 
     evaluated = [rule for rule in rules if rule.name not in problems]
     kinds = {rule.name: rule_expectation(rule) for rule in evaluated}
@@ -172,11 +176,17 @@ def verify(
     timeout: float = 600,
     expect: Sequence[Expectation] = (),
     plugins: Sequence[Plugin] = (),
+    before: Sequence[Path] = (),
+    rule_matching: str = "all",
 ) -> Verdict:
     """Replay ``scenario`` through ``engine`` against rules files and judge every enabled syscall rule.
 
     Args:
-        rules: the rules files, loaded in this order (each engine loads them its own way).
+        rules: the rules files judged, loaded in this order (each engine loads them its own way).
+        before: rules files loaded before them and not judged, e.g. Falco's default ruleset: with
+            ``rule_matching="first"`` a rule of theirs that matches an event first takes it from ours, which the
+            verdict then reports as missed.
+        rule_matching: Falco's ``rule_matching`` (``all``, or ``first``, Falco's default).
         scenario: labelled connections (:func:`tor_sets.scenarios.make_scenario`).
         engine: a real engine (:mod:`tor_sets.engines`).
         workdir: where to write the capture (``scenario.scap``, kept); a temporary folder by default.
@@ -190,14 +200,19 @@ def verify(
     """
     ruleset: RuleSet = load_rules(*rules)
     checked = [r for r in ruleset.rules.values() if r.enabled and r.source == "syscall"]
+    loaded = [*before, *rules]
     with contextlib.ExitStack() as stack:
         folder = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tor-sets-verify-")))
         folder.mkdir(parents=True, exist_ok=True)
         capture = folder / "scenario.scap"
         write_scenario(scenario, capture)
-        replay = engine.replay(capture, rules, fields=_FIELDS, plugins=plugins, rule_matching="all", timeout=timeout)
+        replay = engine.replay(
+            capture, loaded, fields=_FIELDS, plugins=plugins, rule_matching=rule_matching, timeout=timeout
+        )
     fired = {rule.name: replay.fired(rule.name) for rule in checked}
-    verdicts = judge(engine.name, fired, checked, scenario, replay.problems)
+    problems = {name: why for name, why in replay.problems.items() if name in fired}
+    taken = {m.ts_ns: name for name, matches in replay.hits.items() if name not in fired for m in matches}
+    verdicts = judge(engine.name, fired, checked, scenario, problems, taken)
     watched = {v.expectation for v in verdicts}
     uncovered = tuple(f"no rule watches {kind.value} connections" for kind in expect if kind.value not in watched)
     counts = scenario.counts()
@@ -210,6 +225,36 @@ def verify(
         wall_s=replay.wall_s,
         uncovered=uncovered,
     )
+
+
+def disagreements(first: Replay, second: Replay, describe: Callable[[int], str] | None = None) -> list[str]:
+    """Every event on which two engines' replays of the same capture and rules disagree, rule by rule.
+
+    An event counts when one engine matched it for a rule and the other did not; rules one engine could not
+    evaluate (:attr:`Replay.problems`) and rules only one engine reports are named too. Empty: they agree.
+
+    >>> from tor_sets.engines import Match, Replay
+    >>> a = Replay("falco", {"r": (Match(1, "connect"), Match(2, "connect"))})
+    >>> b = Replay("sysdig", {"r": (Match(1, "connect"),)})
+    >>> disagreements(a, b)
+    ["rule 'r': the event at 2 matched on falco only"]
+    """
+    name = describe or (lambda ts: f"the event at {ts}")
+    found = []
+    for rule in sorted(set(first.hits) | set(second.hits) | set(first.problems) | set(second.problems)):
+        for replay in (first, second):
+            if rule in replay.problems:
+                found.append(f"rule {rule!r}: {replay.engine} cannot evaluate it: {replay.problems[rule]}")
+        if rule in first.problems or rule in second.problems:
+            continue
+        if (rule in first.hits) != (rule in second.hits):
+            only = first if rule in first.hits else second
+            found.append(f"rule {rule!r}: only {only.engine} knows it")
+            continue
+        a, b = first.fired(rule), second.fired(rule)
+        found += [f"rule {rule!r}: {name(ts)} matched on {first.engine} only" for ts in sorted(a - b)]
+        found += [f"rule {rule!r}: {name(ts)} matched on {second.engine} only" for ts in sorted(b - a)]
+    return found
 
 
 def format_table(verdicts: Sequence[Verdict]) -> str:

@@ -11,7 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from tor_sets.build import BuildOptions, build, parse_networks, relay_sets
-from tor_sets.engines import ENGINES, PREFERENCE, Engine, auto, get_engine
+from tor_sets.engines import ENGINES, PREFERENCE, Engine, Plugin, auto, get_engine
+from tor_sets.engines.base import RULE_MATCHING
 from tor_sets.errors import EngineUnavailable, UsageError
 from tor_sets.falco.load import load_rules
 from tor_sets.falco.model import CURRENT_FALCO
@@ -67,8 +68,42 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help=f"profile of the built rules for current engines (default: {CURRENT_FALCO})",
     )
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the rules files and capture in DIR")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a rules file loaded before the judged ones and not judged itself, e.g. Falco's falco_rules.yaml: "
+        "shows which Tor alerts it takes under --rule-matching first; repeatable",
+    )
+    parser.add_argument(
+        "--rule-matching",
+        choices=RULE_MATCHING,
+        default="all",
+        help="Falco's rule_matching for the replay (default: all; Falco's own default is first)",
+    )
+    parser.add_argument(
+        "--load-plugin",
+        type=_plugin,
+        action="append",
+        default=[],
+        metavar="NAME=LIBRARY",
+        help="load this plugin (with an empty init_config), e.g. container=/usr/share/falco/plugins/libcontainer.so "
+        "for rules that need it; repeatable",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.set_defaults(func=run)
+
+
+def _plugin(text: str) -> Plugin:
+    name, sep, library = text.partition("=")
+    if not sep or not name or not library:
+        raise argparse.ArgumentTypeError(f"expected NAME=LIBRARY, got {text!r}")
+    path = Path(library)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no plugin library at {library}")
+    return Plugin(name, path)
 
 
 def select_engines(names: list[str]) -> tuple[list[Engine], list[str]]:
@@ -145,7 +180,17 @@ def run(args: argparse.Namespace) -> int:
                 ", ".join(p.name for p in paths),
             )
             workdir = folder / engine.name if args.keep else None
-            verdicts.append(verify(paths, scenario, engine, workdir=workdir))
+            verdicts.append(
+                verify(
+                    paths,
+                    scenario,
+                    engine,
+                    workdir=workdir,
+                    plugins=args.load_plugin,
+                    before=args.before,
+                    rule_matching=args.rule_matching,
+                )
+            )
     ok = all(v.ok for v in verdicts)
     if args.json:
         doc = {"schema": SCHEMA, "ok": ok, "skipped": skipped, "verdicts": [v.to_json() for v in verdicts]}

@@ -3,8 +3,8 @@
  * (part Go) and cannot be downloaded here.
  *
  * It has the real plugin's name and declares, with the real plugin's types, the fields that tor-sets' rules and
- * falcosecurity/rules' falco_rules.yaml (the default ruleset of Falco 0.44.1) use, so that Falco loads rules that
- * name them. container.id and container.name are "suggested output" fields (addOutput), as in the real plugin:
+ * falcosecurity/rules' three files (falco_rules.yaml, the default ruleset of Falco 0.44.1, and the incubating and
+ * sandbox ones) use, so that Falco loads rules that name them. container.id and container.name are "suggested output" fields (addOutput), as in the real plugin:
  * Falco's default `append_output: [{suggested_output: true}]` appends them to every alert. Every event is on the
  * host: container.id = container.name = "host"; the other fields have no value.
  */
@@ -24,7 +24,11 @@ static const char FIELDS[] =
         "{\"type\":\"string\",\"name\":\"container.image.repository\",\"desc\":\"test double: no value\"},"
         "{\"type\":\"uint64\",\"name\":\"container.start_ts\",\"desc\":\"test double: no value\"},"
         "{\"type\":\"bool\",\"name\":\"container.privileged\",\"desc\":\"test double: no value\"},"
-        "{\"type\":\"string\",\"name\":\"k8s.ns.name\",\"desc\":\"test double: no value\"}"
+        "{\"type\":\"string\",\"name\":\"k8s.ns.name\",\"desc\":\"test double: no value\"},"
+        "{\"type\":\"string\",\"name\":\"k8s.pod.name\",\"desc\":\"test double: no value\"},"
+        "{\"type\":\"string\",\"name\":\"container.mounts\",\"desc\":\"test double: no value\"},"
+        "{\"type\":\"string\",\"name\":\"container.mount.dest\",\"desc\":\"test double: no value\","
+        "\"arg\":{\"isRequired\":true,\"isKey\":true}}"
         "]";
 
 typedef struct {
