@@ -2,6 +2,10 @@
 # the tests). Both create the virtual environment on first use.
 PYTHON ?= python3
 VENV := .venv
+# where `tor-sets engines install falco` finds the pinned Falco, libs and driver sources when the official image
+# cannot be pulled (the project's shared folder beside the clone; point it at your own copy)
+TOR_SETS_FALCO_SOURCE ?= $(abspath ../shared/upstream)
+export TOR_SETS_FALCO_SOURCE
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
@@ -20,7 +24,8 @@ rules: $(STAMP)
 system-deps:
 	scripts/system-deps.sh
 
-## the real engines (legacy sysdig, sid's sysdig in a cached root and as a local Docker image; valgrind in the root)
+## the real engines: Falco (official image, else built from source; run directly and as a local image), legacy sysdig,
+## sid's sysdig in a cached root and as a local Docker image; valgrind in the root
 engines: $(STAMP) system-deps
 	$(BIN)/tor-sets engines install all
 	$(BIN)/tor-sets engines install bench

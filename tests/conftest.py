@@ -2,8 +2,7 @@
 
 Integration tests skip with a reason when their engine, Docker or registry is missing, which suits a developer's
 ad-hoc run. ``make test`` sets ``TOR_SETS_NO_SKIP=1``: every such skip then fails, so CI cannot pass without
-having run the real engines. The one exception is a test marked ``needs_docker_hub``: the Falco image cannot be
-pulled on machines without Docker Hub, which CI's are; its command line and output parsing are unit-tested.
+having run the real engines, real Falco first.
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ REPO = Path(__file__).parent.parent
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     outcome = yield
     report = outcome.get_result()
-    allowed = item.get_closest_marker("needs_docker_hub") is not None
-    if os.environ.get("TOR_SETS_NO_SKIP") == "1" and report.skipped and not allowed and not hasattr(report, "wasxfail"):
+    if os.environ.get("TOR_SETS_NO_SKIP") == "1" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.longrepr = f"skipped under TOR_SETS_NO_SKIP=1 (make test must run everything): {reason}"

@@ -54,24 +54,24 @@ from typing import Any
 
 import yaml
 
-from tor_sets import __version__, engines
+from tor_sets import __version__
 from tor_sets.build import BuildOptions, Built, build
-from tor_sets.engines.base import Engine
 from tor_sets.errors import (
-    EngineError,
-    EngineUnavailable,
     FetchError,
     RuleError,
     SanityError,
     StaleDataError,
     TorSetsError,
+    UsageError,
 )
 from tor_sets.falco.load import RuleSet, load_rules
+from tor_sets.falco.model import CURRENT_FALCO, Profile, profile_for
 from tor_sets.files import read_regular, remove_stale_temps, require_regular, write_file
 from tor_sets.fleet import read_header
 from tor_sets.onionoo import MAX_CLOCK_SKEW, FetchSettings, Obtained, obtain
 from tor_sets.relays import Snapshot
 from tor_sets.urls import redact_url
+from tor_sets.verify import pick_validator, validate_text
 
 __all__ = [
     "DROP_FLOOR",
@@ -647,36 +647,6 @@ def check_guards(snapshot: Snapshot, built: Built | None, guards: Guards, previo
         )
 
 
-def _pick_engine(name: str | None, *, legacy_profile: bool, required: bool) -> Engine | None:
-    """The engine to validate with: ``name``, else the best present for the rules' profile.
-
-    The 2022 engine (sysdig-legacy) rejects IPv6 networks, so it only validates legacy-profile rules unless asked
-    for by name.
-
-    Raises:
-        EngineUnavailable: ``required`` and no suitable engine is present (or ``name`` is not).
-    """
-    if name is not None:
-        engine = engines.get_engine(name)
-        engine.check()
-        return engine
-    order = [n for n in engines.PREFERENCE if n != "sysdig-legacy"]
-    if legacy_profile:
-        order.insert(0, "sysdig-legacy")
-    reasons = []
-    for candidate in order:
-        engine = engines.get_engine(candidate)
-        try:
-            engine.check()
-        except EngineError as exc:  # unavailable, or its check itself failed (e.g. a docker daemon that hangs)
-            reasons.append(str(exc))
-            continue
-        return engine
-    if required:
-        raise EngineUnavailable("no engine to validate with: " + "; ".join(reasons))
-    return None
-
-
 def _check_yaml(text: str) -> RuleSet:
     try:
         doc = yaml.load(text, Loader=_SAFE_LOADER)
@@ -704,40 +674,40 @@ def _check_yaml(text: str) -> RuleSet:
     return ruleset
 
 
-def validate_rules(text: str, how: str = "auto", *, engine: str | None = None, legacy_profile: bool = False) -> str:
+def validate_rules(text: str, how: str = "auto", *, engine: str | None = None, profile: Profile | None = None) -> str:
     """Check that a rules text loads, before it replaces the deployed file.
 
     ``yaml``: it parses, is a sequence of items, every list's ``items`` is a sequence, every rule has desc,
     condition, output and priority, and :func:`~tor_sets.falco.load.load_rules` expands every rule completely.
-    ``engine``: that, and every enabled rule's expanded condition loads in a real engine (``engine`` by name, else
-    the best present). ``auto``: ``engine`` when an engine is present, else ``yaml``. ``none``: nothing.
+    ``engine``: that, and a real engine loads it (:meth:`~tor_sets.engines.Engine.validate`: ``falco -V`` on real
+    Falco; ``engine`` by name, else the best present for ``profile``). ``auto``: ``engine`` when an engine is
+    present, else ``yaml``. ``none``: nothing.
 
     Returns:
         What was done: ``none``, ``yaml`` or ``engine NAME VERSION``.
 
     Raises:
+        UsageError: ``how`` is not one of :data:`VALIDATIONS`.
         RuleError: the rules do not load.
         EngineError: the engine failed otherwise (``EngineUnavailable`` when ``engine`` was required).
     """
     if how not in VALIDATIONS:
-        raise ValueError(f"validate must be one of {', '.join(VALIDATIONS)}")
+        raise UsageError(f"validate must be one of {', '.join(VALIDATIONS)}")
     if how == "none":
         return "none"
     try:
-        ruleset = _check_yaml(text)
+        _check_yaml(text)
     except RuleError as exc:
         raise RuleError(f"the new rules failed validation: {exc}") from exc
     if how == "yaml":
         return "yaml"
-    chosen = _pick_engine(engine, legacy_profile=legacy_profile, required=how == "engine")
+    chosen = pick_validator(engine, profile=profile or profile_for(CURRENT_FALCO), required=how == "engine")
     if chosen is None:
         return "yaml"
-    for rule in ruleset.rules.values():
-        if rule.enabled:
-            try:
-                chosen.compile(rule.expanded)
-            except RuleError as exc:
-                raise RuleError(f"the new rules failed validation: rule {rule.name!r} does not load: {exc}") from exc
+    try:
+        validate_text(text, chosen)
+    except RuleError as exc:
+        raise RuleError(f"the new rules failed validation on {exc}") from exc
     return f"engine {chosen.name} {chosen.version()}"
 
 
@@ -977,7 +947,7 @@ def _refresh_locked(
             built.text,
             options.validate,
             engine=options.engine,
-            legacy_profile=options.build.rules.profile.name == "legacy",
+            profile=options.build.rules.profile,
         )
         validated = how
     stop.checkpoint()

@@ -19,13 +19,26 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tor_sets import engines
 from tor_sets.engines import Engine, Plugin, Replay
+from tor_sets.engines.base import Validation
+from tor_sets.errors import EngineError, EngineUnavailable, RuleError
 from tor_sets.falco.generate import OUTBOUND_RELAY_RULE
 from tor_sets.falco.load import LoadedRule, RuleSet, load_rules
+from tor_sets.falco.model import Profile
 from tor_sets.relays import Role
 from tor_sets.scenarios import Expectation, Scenario, write_scenario
 
-__all__ = ["RuleVerdict", "Verdict", "disagreements", "judge", "rule_expectation", "verify"]
+__all__ = [
+    "RuleVerdict",
+    "Verdict",
+    "disagreements",
+    "judge",
+    "pick_validator",
+    "rule_expectation",
+    "validate_text",
+    "verify",
+]
 
 _FIELDS = ("evt.type", "fd.cip", "fd.sip", "fd.cport", "fd.sport", "proc.name", "evt.res")
 _SHOWN = 10
@@ -255,6 +268,57 @@ def disagreements(first: Replay, second: Replay, describe: Callable[[int], str] 
         found += [f"rule {rule!r}: {name(ts)} matched on {first.engine} only" for ts in sorted(a - b)]
         found += [f"rule {rule!r}: {name(ts)} matched on {second.engine} only" for ts in sorted(b - a)]
     return found
+
+
+def pick_validator(name: str | None, *, profile: Profile, required: bool) -> Engine | None:
+    """The engine to validate with: ``name``, else the best present for the rules' profile.
+
+    Real Falco first. The 2022 engine (sysdig-legacy) rejects IPv6 networks, so it only validates legacy-profile
+    rules unless asked for by name. Rules whose outputs name container fields (profiles before Falco 0.41) do not
+    load in Falco 0.41 and later without the container plugin, so they are validated by the sysdig builds, in
+    whose libs those fields are built in.
+
+    Raises:
+        EngineUnavailable: ``required`` and no suitable engine is present (or ``name`` is not).
+    """
+    if name is not None:
+        engine = engines.get_engine(name)
+        engine.check()
+        return engine
+    order = [n for n in engines.PREFERENCE if n != "sysdig-legacy"]
+    if profile.container_fields:
+        order = [n for n in order if not issubclass(engines.ENGINES[n], engines.FalcoEngine)]
+    if profile.name == "legacy":
+        order.insert(0, "sysdig-legacy")
+    reasons = []
+    for candidate in order:
+        engine = engines.get_engine(candidate)
+        try:
+            engine.check()
+        except EngineError as exc:  # unavailable, or its check itself failed (e.g. a docker daemon that hangs)
+            reasons.append(str(exc))
+            continue
+        return engine
+    if required:
+        raise EngineUnavailable("no engine to validate with: " + "; ".join(reasons))
+    return None
+
+
+def validate_text(text: str, engine: Engine, *, plugins: Sequence[Plugin] = ()) -> Validation:
+    """Have ``engine`` load a rules text (``falco -V`` on real Falco) and return its verdict.
+
+    Raises:
+        RuleError: it does not load; the message starts with the engine's name.
+        EngineError: the engine failed otherwise.
+    """
+    with tempfile.TemporaryDirectory(prefix="tor-sets-validate-") as tmp:
+        path = Path(tmp) / "tor_rules.yaml"
+        path.write_text(text, encoding="utf-8")
+        (verdict,) = engine.validate([path], plugins=plugins)
+    if not verdict.ok:
+        first = verdict.message.splitlines()[0] if verdict.message else "no message"
+        raise RuleError(f"{engine.name}: {first.replace(str(path), 'the rules')}")
+    return verdict
 
 
 def format_table(verdicts: Sequence[Verdict]) -> str:

@@ -18,7 +18,7 @@ from tests.conftest import REPO
 from tor_sets import refresh as refresh_module
 from tor_sets.build import BuildOptions, build
 from tor_sets.cli import main
-from tor_sets.errors import RuleError, SanityError, TorSetsError
+from tor_sets.errors import RuleError, SanityError, TorSetsError, UsageError
 from tor_sets.falco.generate import RulesOptions
 from tor_sets.refresh import (
     Deployed,
@@ -114,7 +114,7 @@ def test_validate_yaml_accepts_built_rules_and_none_does_nothing(bundled):
     text = build(bundled).text
     assert validate_rules(text, "yaml") == "yaml"
     assert validate_rules("not: [rules", "none") == "none"
-    with pytest.raises(ValueError, match="validate must be one of"):
+    with pytest.raises(UsageError, match="validate must be one of"):
         validate_rules(text, "maybe")
 
 

@@ -7,15 +7,17 @@ import ipaddress
 import logging
 import re
 import sys
+import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 from tor_sets.build import BuildOptions, Built, build, parse_networks, write_rules
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
-from tor_sets.errors import UsageError
+from tor_sets.errors import RuleError, UsageError
 from tor_sets.falco.generate import DEFAULT_TAGS, RulesOptions
-from tor_sets.falco.model import CURRENT_FALCO, PRIORITIES
+from tor_sets.falco.model import CURRENT_FALCO, PRIORITIES, Profile
 from tor_sets.onionoo import (
     DEFAULT_DEADLINE,
     DEFAULT_URL,
@@ -268,6 +270,24 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default="falco",
         help="falco rules (default), a Kubernetes ConfigMap, Helm values, the plugin's table, or rules for the plugin",
     )
+    check = parser.add_argument_group("validation by a real engine, before anything is written")
+    check.add_argument(
+        "--validate",
+        nargs="?",
+        const="auto",
+        metavar="ENGINE",
+        help="have a real engine load the rules first (Falco: falco -V) and write nothing when it refuses them "
+        "(exit 6); ENGINE: auto (the best installed for the profile: real Falco first), falco-local, falco, "
+        "sysdig-modern, ...",
+    )
+    check.add_argument(
+        "--load-plugin",
+        action="append",
+        default=[],
+        metavar="NAME=LIBRARY",
+        help="with --validate: load this plugin, e.g. container=/usr/share/falco/plugins/libcontainer.so for a "
+        "profile before Falco 0.41 on a later Falco, or torsets=libtorsets.so for --format falco-plugin",
+    )
     k8s = parser.add_argument_group("configmap / helm-values")
     k8s.add_argument("--rules-filename", default="tor_rules.yaml", help="key of the rules file (default: %(default)s)")
     k8s.add_argument("--configmap-name", default="tor-sets-rules", help="ConfigMap name (default: %(default)s)")
@@ -295,11 +315,56 @@ def render_format(built: Built, fmt: str, args: argparse.Namespace, snapshot: Sn
     return plugin.plugin_rules_text(built)
 
 
+def _validate(built: Built, args: argparse.Namespace, snapshot: Snapshot, profile: Profile) -> None:
+    """``--validate``: a real engine loads the rules this build writes (the ones embedded in a ConfigMap too)."""
+    from tor_sets.engines import FalcoEngine, Plugin
+    from tor_sets.verify import pick_validator, validate_text
+
+    if args.format == "plugin-table":
+        raise UsageError("--validate checks rules; --format plugin-table writes the plugin's table")
+    plugins = []
+    for spec in args.load_plugin:
+        name, sep, library = spec.partition("=")
+        if not sep or not Path(library).is_file():
+            raise UsageError(f"--load-plugin wants NAME=LIBRARY with an existing library, got {spec!r}")
+        plugins.append((name, Path(library)))
+    text = render_format(built, "falco-plugin", args, snapshot) if args.format == "falco-plugin" else built.text
+    assert isinstance(text, str)
+    if any(name == "container" for name, _ in plugins):
+        profile = replace(profile, container_fields=False)  # the plugin brings the fields: real Falco can judge
+    engine = pick_validator(None if args.validate == "auto" else args.validate, profile=profile, required=True)
+    assert engine is not None
+    with tempfile.TemporaryDirectory(prefix="tor-sets-validate-") as tmp:
+        loads = []
+        for name, library in plugins:
+            config: dict[str, object] = {}
+            if name == "torsets":  # the plugin needs a table to start: this build's
+                table = Path(tmp) / "tor.table"
+                table.write_bytes(render_format(built, "plugin-table", args, snapshot))  # type: ignore[arg-type]
+                config = {"table": str(table)}
+            loads.append(Plugin(name, library, config))
+        try:
+            verdict = validate_text(text, engine, plugins=loads)
+        except RuleError as exc:
+            if profile.container_fields and isinstance(engine, FalcoEngine):
+                raise RuleError(
+                    f"{exc} (the {profile.falco_version} profile names container fields, which Falco 0.41 and "
+                    "later take only from the container plugin: add --load-plugin container=LIBRARY)"
+                ) from exc
+            raise
+    warnings = f", {len(verdict.warnings)} warning(s): {'; '.join(verdict.warnings)}" if verdict.warnings else ""
+    log.info("validated by %s %s: Ok%s", engine.name, engine.version(), warnings)
+
+
 def run(args: argparse.Namespace) -> int:
     options = build_options(args)
+    if args.load_plugin and not args.validate:
+        raise UsageError("--load-plugin only goes with --validate")
     obtained = obtain_from_args(args)
     built = build(obtained.snapshot, options)
     output = render_format(built, args.format, args, obtained.snapshot)
+    if args.validate:
+        _validate(built, args, obtained.snapshot, options.rules.profile)
     if args.output == "-":
         if isinstance(output, bytes):
             sys.stdout.buffer.write(output)

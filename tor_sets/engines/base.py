@@ -47,6 +47,7 @@ __all__ = [
     "Replay",
     "Run",
     "SysdigEngine",
+    "Validation",
     "Workspace",
     "first_match_only",
     "raise_for_run",
@@ -156,6 +157,23 @@ class Plugin:
         except OSError as exc:
             raise EngineError(f"cannot stage plugin {self.name}: {exc.strerror or exc}") from exc
         return inside(library.name), json.dumps(config, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """What an engine said of one rules file.
+
+    Attributes:
+        path: the file (as given).
+        ok: the engine loads it.
+        warnings: its warnings about it (Falco's ``LOAD_DEPRECATED_ITEM`` ...).
+        message: its own words: each error and warning as ``CODE (description): message``, or ``Ok``.
+    """
+
+    path: Path
+    ok: bool
+    warnings: tuple[str, ...]
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,6 +440,19 @@ class Engine(abc.ABC):
             EngineError: the engine failed otherwise (``EngineUnavailable``, ``EngineTimeout``).
         """
 
+    @abc.abstractmethod
+    def validate(
+        self, rules: Sequence[Path], *, plugins: Sequence[Plugin] = (), timeout: float = 120
+    ) -> tuple[Validation, ...]:
+        """Load rules files together, in order, as Falco would at start; the engine's verdict on each file.
+
+        Falco engines run ``falco -V``; sysdig engines load the files with tor-sets' loader and compile each enabled
+        rule's expanded condition, and judge the files as a whole (every file gets the same verdict).
+
+        Raises:
+            EngineError: the engine failed in a way that is no verdict (it could not start).
+        """
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
@@ -649,6 +680,28 @@ class SysdigEngine(Engine):
         if rule_matching == "first":
             hits = first_match_only(hits, list(hits))
         return Replay(self.name, hits, problems, wall, cpu, rss, "".join(tails)[-STDERR_TAIL_CHARS:])
+
+    def validate(
+        self, rules: Sequence[Path], *, plugins: Sequence[Plugin] = (), timeout: float = 120
+    ) -> tuple[Validation, ...]:
+        """tor-sets' loader, then each enabled syscall rule's expanded condition compiled by this sysdig."""
+        from tor_sets.falco.load import load_rules  # the loader sits above the engines in the package
+
+        try:
+            ruleset = load_rules(*rules)
+            for rule in ruleset.rules.values():
+                if not rule.enabled or rule.source != "syscall":
+                    continue
+                if not rule.complete:
+                    raise RuleError(f"rule {rule.name!r}: cannot expand {', '.join(rule.unresolved)}")
+                try:
+                    self.compile(rule.expanded, timeout=timeout)
+                except RuleError as exc:
+                    raise RuleError(f"rule {rule.name!r}: {exc}") from exc
+        except RuleError as exc:
+            return tuple(Validation(path, False, (), str(exc)) for path in rules)
+        warnings = tuple(ruleset.warnings)
+        return tuple(Validation(path, True, warnings, "Ok") for path in rules)
 
     def _run_chisel(
         self,

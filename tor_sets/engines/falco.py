@@ -26,7 +26,6 @@ import contextlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from tor_sets.engines.base import (
     Plugin,
     Replay,
     Run,
+    Validation,
     Workspace,
     place,
     run_process,
@@ -57,7 +57,6 @@ __all__ = [
     "FalcoContainer",
     "FalcoEngine",
     "FalcoLocal",
-    "Validation",
     "falco_config",
     "filter_rules",
 ]
@@ -121,23 +120,6 @@ def filter_rules(condition: str, fields: Sequence[str]) -> str:
     rule = {"rule": FILTER_RULE, "desc": "tor-sets engine filter", "condition": condition}
     rule |= {"output": output, "priority": "DEBUG"}
     return yaml.safe_dump([rule], sort_keys=False, width=1 << 30)
-
-
-@dataclass(frozen=True, slots=True)
-class Validation:
-    """What ``falco -V`` said of one rules file.
-
-    Attributes:
-        path: the file (as given).
-        ok: Falco loads it.
-        warnings: Falco's warnings about it (``LOAD_DEPRECATED_ITEM`` ...).
-        message: Falco's own words for the file: each error and warning as ``CODE (description): message``.
-    """
-
-    path: Path
-    ok: bool
-    warnings: tuple[str, ...]
-    message: str
 
 
 def parse_validation(stdout: str, files: Sequence[Path], inside: Sequence[str]) -> tuple[Validation, ...]:
@@ -319,6 +301,10 @@ class FalcoEngine(Engine):
             for path in inside:
                 args += ["-V", path]
             done = self._run(self._argv(args, ws), timeout)
+        if done.returncode != 0 and '"falco_load_results"' not in done.stdout:
+            problem = load_error(done.stdout + "\n" + done.stderr)  # refused before loading: a plugin requirement
+            if problem is not None:
+                return tuple(Validation(path, False, (), problem) for path in rules)
         return parse_validation(done.stdout, list(rules), inside)
 
     def filter(
@@ -392,8 +378,10 @@ def load_error(text: str) -> str | None:
     lines = text.splitlines()
     codes = [i for i, line in enumerate(lines) if line.strip().startswith("LOAD_ERR")]
     if not codes:
+        # "Error: Plugin requirement not satisfied, must load one of: torsets (>= 0.1.0)" (no JSON, no LOAD_ERR)
+        requirement = next((line.strip() for line in lines if "Plugin requirement not satisfied" in line), None)
         invalid = next((line.strip() for line in lines if line.strip().endswith(": Invalid")), None)
-        return invalid
+        return (requirement or invalid or "").removeprefix("Error: ") or None
     index = codes[0]
     block = lines[:index]
     start = max((i for i, line in enumerate(block) if line.strip().endswith(": Invalid")), default=-1)
