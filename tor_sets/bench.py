@@ -32,7 +32,7 @@ from pathlib import Path
 
 from tor_sets import __version__
 from tor_sets.build import BuildOptions, build
-from tor_sets.engines import Engine
+from tor_sets.engines import Engine, FalcoLocal, Plugin
 from tor_sets.engines.base import run_process
 from tor_sets.errors import EngineUnavailable
 from tor_sets.falco.generate import RulesOptions
@@ -131,6 +131,34 @@ class Measurement:
 
 
 @dataclass(frozen=True, slots=True)
+class FalcoVariant:
+    """One way of loading the Tor rules into real Falco, measured on the same two captures.
+
+    Attributes:
+        name, description: which (``no Tor rule``, the list rules, the plugin rules ...).
+        rules_bytes: the rules files' size (the plugin's table not included).
+        instructions_per_event: callgrind's count on the long capture minus the short one, per extra event.
+        relative_instructions: that over the same with no Tor rule.
+        startup_instructions: the count on the short capture minus its events' share: start-up and rules loading.
+        cpu_per_event_us: the same difference in CPU time (median of runs), per event, in microseconds.
+        relative_cpu: that over the same with no Tor rule.
+        max_rss_kb: Falco's peak memory on the long capture.
+        alerts: alerts on the long capture (the captures hold no Tor connection: 0 expected).
+    """
+
+    name: str
+    description: str
+    rules_bytes: int
+    instructions_per_event: float
+    relative_instructions: float
+    startup_instructions: int
+    cpu_per_event_us: float
+    relative_cpu: float
+    max_rss_kb: int
+    alerts: int
+
+
+@dataclass(frozen=True, slots=True)
 class BenchResult:
     measurements: tuple[Measurement, ...]
     baseline: dict[str, float]  # engine → median replay seconds with no Tor rule
@@ -145,6 +173,10 @@ class BenchResult:
     repetitions: int
     counted_events: int = 0  # events of the capture replayed under callgrind (0: not counted)
     extra: dict[str, object] = field(default_factory=dict)
+    #: real Falco: the Tor rules (lists, plugin) against no Tor rule, and the two capture sizes (events)
+    falco: tuple[FalcoVariant, ...] = ()
+    falco_version: str = ""
+    falco_events: tuple[int, int] = (0, 0)
 
 
 def bench_capture(
@@ -359,6 +391,142 @@ def run_bench(
     )
 
 
+#: a rule Falco indexes under ``open`` only: connects and accepts reach no rule, as with no Tor rule loaded
+_NO_TOR_RULE = """\
+- rule: tor-sets bench baseline
+  desc: matches nothing the bench replays
+  condition: evt.type = open and fd.name = /nonexistent/tor-sets-bench
+  output: never %fd.name
+  priority: DEBUG
+"""
+
+
+def falco_cost(
+    snapshot: Snapshot,
+    engine: FalcoLocal,
+    workdir: Path,
+    *,
+    connections: Sequence[int] = (10_000, 20_000),
+    repetitions: int = 3,
+    plugin_library: Path | None = None,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> tuple[tuple[int, int], tuple[FalcoVariant, ...]]:
+    """Per-event cost of the Tor rules in real Falco, as Falco evaluates them: rules indexed by event type.
+
+    Falco's start-up (loading thousands of list items) dwarfs a short replay, so the per-event cost is the
+    difference between replays of two captures of different length with the same rules (no Tor connection in
+    them, so that the cost is the rules' evaluation, not their outputs): callgrind's instruction count, the decisive
+    figure, and CPU time as a second view.
+
+    Args:
+        snapshot: the relay data.
+        engine: the local Falco (callgrind runs it directly).
+        workdir: where captures and rules go.
+        connections: the two capture sizes (connects and accepts).
+        repetitions: runs per variant and size for the CPU times.
+        plugin_library: the compiled plugin (None: the plugin variant is left out).
+
+    Returns:
+        The two captures' event counts, and every variant.
+    """
+    sets = classify(snapshot)
+    short, long = sorted(connections)[:2]
+    captures = []
+    for size in (short, long):
+        path = workdir / f"falco-{size}.scap"
+        events, _ = bench_capture(sets, path, connections=size, tor_share=0.0, seed=13)
+        captures.append((path, events))
+    folder = workdir / "falco-rules"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def files(name: str, texts: Sequence[str]) -> list[Path]:
+        paths = []
+        for number, text in enumerate(texts):
+            path = folder / f"{name}-{number}.yaml"
+            path.write_text(text, encoding="utf-8")
+            paths.append(path)
+        return paths
+
+    default = build(snapshot)
+    variants: list[tuple[str, str, list[Path], list[Plugin]]] = [
+        ("no Tor rule", "a rule on open only: connects and accepts reach no rule", files("none", [_NO_TOR_RULE]), []),
+        (
+            "lists",
+            f"the default list rules ({default.rules_file.header[-1].split('; ')[-1]})",
+            files("lists", [default.text]),
+            [],
+        ),
+        (
+            "addresses-only",
+            "every address in hash-set lists",
+            files("addresses", [build(snapshot, BuildOptions(rules=RulesOptions(expand_below=1 << 30))).text]),
+            [],
+        ),
+        (
+            "literal-2022",
+            "the 2022 tool's four files",
+            files("literal", [t for _, t in sorted(render_2022(sets).items())]),
+            [],
+        ),
+    ]
+    if plugin_library is not None:
+        from tor_sets.plugin.rules import plugin_rules_text
+        from tor_sets.plugin.table import encode, make_table
+
+        table = folder / "tor.table"
+        table.write_bytes(encode(make_table(sets, snapshot.relays, published=snapshot.relays_published)))
+        plugin = Plugin("torsets", plugin_library, {"table": str(table)}, files=("table",))
+        variants.append(
+            ("plugin", "the plugin rules, plugin loaded", files("plugin", [plugin_rules_text(default)]), [plugin])
+        )
+    measured = []
+    for name, description, paths, plugins in variants:
+        counts = []
+        for capture, _ in captures:
+            progress(f"falco: counting instructions of {name} on {capture.name}")
+            counts.append(engine.count_instructions(capture, paths, plugins=plugins))
+        cpu: list[list[float]] = [[], []]
+        rss = 0
+        alerts = 0
+        for _ in range(repetitions):
+            for index, (capture, _) in enumerate(captures):
+                replay = engine.replay(capture, paths, fields=("evt.type",), plugins=plugins, timeout=3600)
+                cpu[index].append(replay.cpu_s)
+                if index == 1:
+                    rss = max(rss, replay.max_rss_kb)
+                    alerts = sum(len(m) for m in replay.hits.values())
+        extra_events = captures[1][1] - captures[0][1]
+        per_event = (counts[1] - counts[0]) / extra_events
+        measured.append(
+            (
+                name,
+                description,
+                sum(p.stat().st_size for p in paths),
+                per_event,
+                int(counts[0] - per_event * captures[0][1]),
+                (statistics.median(cpu[1]) - statistics.median(cpu[0])) / extra_events * 1e6,
+                rss,
+                alerts,
+            )
+        )
+    base = measured[0]
+    return (captures[0][1], captures[1][1]), tuple(
+        FalcoVariant(
+            name=m[0],
+            description=m[1],
+            rules_bytes=m[2],
+            instructions_per_event=m[3],
+            relative_instructions=m[3] / base[3],
+            startup_instructions=m[4],
+            cpu_per_event_us=m[5],
+            relative_cpu=m[5] / base[5] if base[5] > 0 else float("nan"),
+            max_rss_kb=m[6],
+            alerts=m[7],
+        )
+        for m in measured
+    )
+
+
 def _instruction_counts(
     engine: Engine,
     sets: RelaySets,
@@ -483,8 +651,40 @@ def plot(result: BenchResult, path: Path, engine: str) -> None:
     plt.close(fig)
 
 
+def plot_falco(result: BenchResult, path: Path) -> None:
+    """Real Falco: per-event instructions and start-up instructions of each variant, relative to no Tor rule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = result.falco
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5), dpi=110)
+    names = [v.name for v in variants]
+    left.barh(names, [v.relative_instructions for v in variants], color="tab:blue")
+    left.axvline(1.0, color="grey", linewidth=0.8)
+    left.set_xlabel("instructions per event / no Tor rule")
+    left.invert_yaxis()
+    for index, v in enumerate(variants):
+        left.annotate(
+            f"{v.relative_instructions:.3f}",
+            (v.relative_instructions, index),
+            xytext=(3, -3),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    right.barh(names, [v.startup_instructions / 1e6 for v in variants], color="tab:orange")
+    right.set_xlabel("start-up and rules loading (million instructions)")
+    right.invert_yaxis()
+    right.set_yticks(range(len(names)), [""] * len(names))
+    fig.suptitle(f"Tor rules in real Falco {result.falco_version} (callgrind instruction counts)")
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+
+
 def write_report(result: BenchResult, out_dir: Path, *, default: str) -> list[Path]:
-    """docs/benchmarks.md, benchmarks.json and a PNG plot per engine in ``out_dir``."""
+    """docs/benchmarks.md, benchmarks.json and a PNG plot per engine (and for real Falco) in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     json_path = out_dir / "benchmarks.json"
@@ -494,6 +694,10 @@ def write_report(result: BenchResult, out_dir: Path, *, default: str) -> list[Pa
         png = out_dir / f"benchmarks-{engine}.png"
         plot(result, png, engine)
         written.append(png)
+    if result.falco:
+        png = out_dir / "benchmarks-falco.png"
+        plot_falco(result, png)
+        written.append(png)
     md = out_dir / "benchmarks.md"
     md.write_text(_markdown(result, default))
     written.append(md)
@@ -502,7 +706,7 @@ def write_report(result: BenchResult, out_dir: Path, *, default: str) -> list[Pa
 
 def _markdown(result: BenchResult, default: str) -> str:
     by = {(m.engine, m.encoding): m for m in result.measurements}
-    modern = "sysdig-modern" if "sysdig-modern" in result.baseline else next(iter(result.baseline))
+    modern = "sysdig-modern" if "sysdig-modern" in result.baseline else next(iter(result.baseline), "")
     lit = by.get((modern, "literal-2022"))
     best = by.get((modern, "addresses-only"))
     chosen = by.get((modern, default))
@@ -581,6 +785,42 @@ def _markdown(result: BenchResult, default: str) -> str:
             "of per cent between runs of one encoding, which is why the decision rests on instruction counts.",
             "",
         ]
+    if result.falco:
+        by_name = {v.name: v for v in result.falco}
+        lists, plugin = by_name.get("lists"), by_name.get("plugin")
+        lines += [
+            f"## Real Falco {result.falco_version}",
+            "",
+            "Falco evaluates only the rules indexed under an event's type, and its start-up (loading and compiling",
+            "thousands of list items) dwarfs a short replay. So each variant replays two captures of connects and",
+            f"accepts to random public addresses, none of them Tor ({result.falco_events[0]:,} and "
+            f"{result.falco_events[1]:,} events), and the per-event cost is the difference between the two, over",
+            "the extra events: callgrind's instruction count (valgrind, the decisive figure: the same on every run)",
+            "and the CPU time of the same replays (median; a second view, noisy on a shared machine). Start-up is the",
+            "count on the short capture minus its events' share.",
+            "",
+        ]
+        if lists and plugin:
+            lines += [
+                f"- The list rules cost {lists.relative_instructions:.3f}x the per-event instructions of a Falco with"
+                f" no Tor rule; the plugin rules {plugin.relative_instructions:.3f}x.",
+                f"- Loading the list rules takes {lists.startup_instructions / 1e6:,.0f} million instructions at"
+                f" start-up (and at each rules reload); the plugin rules {plugin.startup_instructions / 1e6:,.0f}"
+                " million, with their table read by the plugin, which reloads it without a rules reload.",
+                "",
+            ]
+        lines += [
+            "| variant | what | rules bytes | instructions / event | x no Tor rule | start-up instructions | "
+            "CPU µs / event | x no Tor rule (CPU) | peak RSS MB | alerts |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for v in result.falco:
+            lines.append(
+                f"| `{v.name}` | {v.description} | {v.rules_bytes:,} | {v.instructions_per_event:,.0f} | "
+                f"{v.relative_instructions:.3f} | {v.startup_instructions:,} | {v.cpu_per_event_us:.2f} | "
+                f"{v.relative_cpu:.2f} | {v.max_rss_kb / 1024:.1f} | {v.alerts} |"
+            )
+        lines += ["", "![real Falco](benchmarks-falco.png)", ""]
     for engine, base in result.baseline.items():
         lines += [
             f"## {engine} {result.engine_versions[engine]}",

@@ -74,3 +74,36 @@ def test_instruction_counts_are_repeatable_and_see_network_scans(bundled, tmp_pa
     )
     (m,) = result.measurements
     assert result.counted_events > 1000 and m.instructions_per_event and m.relative_instructions > 1
+
+
+def test_real_falco_cost_on_tiny_captures(tmp_path, capsys):
+    engine_or_skip("falco-local")
+    argv = ["bench", "--engine", "falco-local", "--falco-connections", "1000", "--repetitions", "1"]
+    assert main([*argv, "--output", str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    variants = {v["name"]: v for v in doc["falco"]}
+    assert list(variants) == ["no Tor rule", "lists", "addresses-only", "literal-2022", "plugin"]
+    assert doc["falco_version"] == "0.44.1" and doc["falco_events"][1] > doc["falco_events"][0] > 0
+    assert variants["no Tor rule"]["relative_instructions"] == 1.0
+    for name in ("lists", "addresses-only", "literal-2022", "plugin"):
+        # every Tor variant evaluates something on each connect and accept, and none alerts on non-Tor peers
+        assert variants[name]["relative_instructions"] > 1.0 and variants[name]["alerts"] == 0
+    # loading thousands of list items is what the plugin saves at start-up (and at every rules reload)
+    assert variants["plugin"]["startup_instructions"] < variants["lists"]["startup_instructions"] / 2
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert "## Real Falco 0.44.1" in md and "| `plugin` |" in md
+    assert (tmp_path / "benchmarks-falco.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_falco_instruction_counts_are_repeatable(bundled, tmp_path):
+    from tor_sets.bench import bench_capture
+    from tor_sets.build import build
+    from tor_sets.relays import classify
+
+    engine = engine_or_skip("falco-local")
+    capture = tmp_path / "c.scap"
+    bench_capture(classify(bundled), capture, connections=500, tor_share=0.0)
+    rules = tmp_path / "tor_rules.yaml"
+    rules.write_text(build(bundled).text)
+    first, second = (engine.count_instructions(capture, [rules]) for _ in range(2))
+    assert abs(first - second) / first < 0.005

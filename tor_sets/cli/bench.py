@@ -8,11 +8,12 @@ import logging
 import shlex
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from tor_sets.bench import encodings, run_bench, table, to_json, write_report
+from tor_sets.bench import encodings, falco_cost, run_bench, table, to_json, write_report
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
-from tor_sets.engines import Engine, get_engine
+from tor_sets.engines import Engine, FalcoEngine, FalcoLocal, get_engine
 from tor_sets.errors import EngineUnavailable, UsageError
 from tor_sets.files import require_folder
 from tor_sets.onionoo import bundled_snapshot, read_snapshot
@@ -57,6 +58,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "`tor-sets engines install bench`); 0 to skip (default: 20000)",
     )
     parser.add_argument(
+        "--falco-connections",
+        type=int,
+        default=20_000,
+        help="real Falco: the short capture's connects and accepts (the long one has twice as many; default: 20000)",
+    )
+    parser.add_argument(
         "--thresholds",
         default="2,8,16,32,64",
         help="expansion thresholds of the hybrid encodings (default: 2,8,16,32,64)",
@@ -91,16 +98,19 @@ def _engines(names: list[str]) -> list[Engine]:
         return engines
     engines = [get_engine("sysdig-modern")]
     engines[0].check()
-    legacy = get_engine("sysdig-legacy")
-    try:
-        legacy.check()
-        engines.append(legacy)
-    except EngineUnavailable as exc:
-        log.warning("not measuring the legacy engine: %s", exc)
+    for name in ("sysdig-legacy", "falco-local"):
+        extra = get_engine(name)
+        try:
+            extra.check()
+            engines.append(extra)
+        except EngineUnavailable as exc:
+            log.warning("not measuring %s: %s", name, exc)
     return engines
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.falco_connections < 100:
+        raise UsageError("--falco-connections needs at least 100")
     if args.connections < 100 or args.legacy_connections < 100 or args.repetitions < 1 or args.count_connections < 0:
         raise UsageError(
             "--connections and --legacy-connections need at least 100, --repetitions at least 1, "
@@ -111,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
     snapshot = read_snapshot(args.input) if args.input else bundled_snapshot()
     chosen = encodings(_ints(args.thresholds, "--thresholds"), _ints(args.lossy_budgets, "--lossy-budgets"))
     engines = _engines(args.engine)
+    falcos = [e for e in engines if isinstance(e, FalcoLocal)]
+    if any(isinstance(e, FalcoEngine) and not isinstance(e, FalcoLocal) for e in engines):
+        raise UsageError("bench measures real Falco as falco-local (callgrind runs it directly), not in a container")
+    engines = [e for e in engines if not isinstance(e, FalcoEngine)]
     command = "tor-sets bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""
     with tempfile.TemporaryDirectory(prefix="tor-sets-bench-") as tmp:
         result = run_bench(
@@ -122,9 +136,23 @@ def run(args: argparse.Namespace) -> int:
             chosen=chosen,
             connections_for=lambda e: args.legacy_connections if e.name == "sysdig-legacy" else args.connections,
             count_connections=args.count_connections,
-            command=command or "tor-sets bench " + " ".join(f"--engine {e.name}" for e in engines),
+            command=command or "tor-sets bench " + " ".join(f"--engine {e.name}" for e in [*engines, *falcos]),
             progress=lambda msg: log.info("%s", msg),
         )
+        for falco in falcos:
+            from tor_sets.plugin.native import compile_plugin
+
+            library = compile_plugin(Path(tmp) / "plugin")
+            events, variants = falco_cost(
+                snapshot,
+                falco,
+                Path(tmp),
+                connections=(args.falco_connections, 2 * args.falco_connections),
+                repetitions=args.repetitions,
+                plugin_library=library,
+                progress=lambda msg: log.info("%s", msg),
+            )
+            result = replace(result, falco=variants, falco_version=falco.version(), falco_events=events)
     if args.output:
         for path in write_report(result, args.output, default=f"hybrid-{DEFAULT_EXPAND_BELOW}"):
             log.info("wrote %s", path)
