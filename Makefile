@@ -9,7 +9,7 @@ export TOR_SETS_FALCO_SOURCE
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: rules test lint verify bench engines system-deps plugin clean
+.PHONY: rules examples test lint verify bench engines system-deps plugin clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 ## the main job: rules/tor_rules.yaml from the live directory (else the cached download, else the bundled snapshot)
 rules: $(STAMP)
 	$(BIN)/tor-sets build -o rules/tor_rules.yaml
+
+## the docs' examples of what tor-sets writes (docs/examples, marked blocks in README.md and docs/*.md), from the code
+examples: $(STAMP)
+	$(BIN)/python scripts/examples.py
 
 system-deps:
 	scripts/system-deps.sh
@@ -35,8 +39,8 @@ test: $(STAMP) engines
 	TOR_SETS_NO_SKIP=1 $(BIN)/pytest -q; status=$$?; $(BIN)/tor-sets engines stop-docker || true; exit $$status
 
 lint: $(STAMP)
-	$(BIN)/ruff check tor_sets tests
-	$(BIN)/ruff format --check tor_sets tests
+	$(BIN)/ruff check tor_sets tests scripts
+	$(BIN)/ruff format --check tor_sets tests scripts
 	$(BIN)/mypy
 
 verify: $(STAMP) engines

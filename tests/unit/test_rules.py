@@ -12,10 +12,16 @@ from dataclasses import replace
 import pytest
 import yaml
 
+from tests.conftest import DATA
 from tor_sets.build import BuildOptions, build, write_rules
 from tor_sets.errors import SanityError
-from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE, RulesOptions
+from tor_sets.falco.generate import DEFAULT_TAGS, INBOUND_RULE, OUTBOUND_RULE, TUNING_MACRO, RulesOptions
 from tor_sets.relays import Relay, Role, Snapshot, classify
+
+#: every rule ends with the users' tuning hook, after the address lookup and the result checks
+UNTUNED = f" and not {TUNING_MACRO}"
+#: falcosecurity/rules' stable and incubating files (tests/data/PROVENANCE.md)
+UPSTREAM = (DATA / "rules" / "falco_rules.yaml", DATA / "rules" / "falco-incubating_rules.yaml")
 
 
 def load(text):
@@ -55,8 +61,11 @@ def test_bundled_rules_hold_exactly_entry_for_outbound_and_exit_for_inbound(bund
     assert matched_by(inbound, lists, macros, "fd.cip") == set(sets.exit)
     # the outbound rule never looks at the client end, the inbound rule never at the server end
     assert not matched_by(outbound, lists, macros, "fd.cip") and not matched_by(inbound, lists, macros, "fd.sip")
-    assert inbound.startswith("evt.type in (accept, accept4) and ") and inbound.endswith(" and evt.rawres >= 0")
-    assert outbound.startswith("evt.type = connect and ") and "EINPROGRESS" in outbound and "evt.dir" not in built.text
+    assert inbound == "evt.type in (accept, accept4) and tor_exit_relay_client and evt.rawres >= 0" + UNTUNED
+    assert outbound == (
+        "evt.type = connect and tor_entry_relay_server and (evt.rawres >= 0 or evt.res = EINPROGRESS)" + UNTUNED
+    )
+    assert "evt.dir" not in built.text
     # every address is written once
     values = [v for items in lists.values() for v in items]
     assert len(values) == len(set(values))
@@ -185,3 +194,98 @@ def test_write_rules_is_atomic_and_skips_unchanged(tmp_path):
     assert path.stat().st_mtime_ns == before - 10**9
     assert write_rules(path, "a: 2\n") is True and path.read_text() == "a: 2\n"
     assert sorted(p.name for p in path.parent.iterdir()) == ["tor_rules.yaml"]
+
+
+def upstream_items():
+    return [item for path in UPSTREAM for item in yaml.safe_load(path.read_text())]
+
+
+_MITRE_ID = re.compile(r"T\d{4}(\.\d{3})?|TA\d{4}")
+_COMPLIANCE = re.compile(r"PCI_DSS_|NIST_")
+
+
+def tag_shape(tags):
+    """Where each kind of tag stands, as falcosecurity/rules writes them: maturity first, then workloads, areas and
+    topics, then the MITRE tactics, one MITRE identifier (technique, or tactic number when there is none) and
+    compliance identifiers last; None when the list does not follow that order."""
+
+    def kind(position, tag):
+        if position == 0 and tag.startswith("maturity_"):
+            return "maturity"
+        if tag.startswith("mitre_"):
+            return "tactic"
+        if _MITRE_ID.fullmatch(tag):
+            return "id"
+        return "compliance" if _COMPLIANCE.match(tag) else "topic"
+
+    kinds = [kind(i, t) for i, t in enumerate(tags)]
+    collapsed = [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1]]
+    expected = ["maturity", "topic", "tactic", "id", "compliance"]
+    if collapsed != [k for k in expected if k in collapsed] or kinds.count("id") != 1 or "maturity" not in kinds:
+        return None
+    return collapsed
+
+
+def test_tags_follow_falcosecurity_rules_order():
+    upstream = [item["tags"] for item in upstream_items() if "rule" in item and "tags" in item]
+    assert len(upstream) == 56
+    # the convention holds for every upstream rule (so it is theirs, not ours) ...
+    assert [t for t in upstream if tag_shape(t) is None] == []
+    assert all(t.index("host") < t.index("container") for t in upstream if {"host", "container"} <= set(t))
+    assert not [t for t in upstream if any(x.startswith("TA") for x in t) and any(x.startswith("T1") for x in t)]
+    # ... and ours follow it: incubating, both workloads, the area, the topic, tactic and technique
+    assert tag_shape(DEFAULT_TAGS) == ["maturity", "topic", "tactic", "id"]
+    assert DEFAULT_TAGS == (
+        "maturity_incubating", "host", "container", "network", "tor", "mitre_command_and_control", "T1090.003"
+    )  # fmt: skip
+    _, _, _, rules = load(build(SMALL).text)
+    assert all(rule["tags"] == list(DEFAULT_TAGS) for rule in rules.values())
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        RulesOptions(),
+        RulesOptions(rules=frozenset({"outbound"}), roles=frozenset({Role.RELAY})),
+        RulesOptions(rules=frozenset({"inbound"}), roles=frozenset({Role.EXIT})),
+        RulesOptions(list_names="2022"),
+        RulesOptions(falco_version="0.37"),
+        RulesOptions(falco_version="legacy"),
+    ],
+    ids=["default", "relay", "inbound", "2022", "0.37", "legacy"],
+)
+def test_rules_exclude_the_tuning_macro_last(options):
+    items, _, macros, rules = load(build(SMALL, BuildOptions(rules=options)).text)
+    # upstream's own placeholder, defined exactly as falco_rules.yaml and falco-incubating_rules.yaml define it
+    theirs = {i["condition"] for i in upstream_items() if i.get("macro") == "never_true"}
+    assert theirs == {macros["never_true"]} == {"(evt.num=0)"}
+    assert macros[TUNING_MACRO] == "(never_true)"
+    names = [i.get("macro") or i.get("rule") for i in items if "macro" in i or "rule" in i]
+    # a macro sees only the macros before it; the rules come after both
+    assert names.index("never_true") < names.index(TUNING_MACRO) < min(names.index(r) for r in rules)
+    for rule in rules.values():
+        # evt.type, then the relay lookup, then the result check, then the users' tuning
+        condition = rule["condition"]
+        assert condition.endswith(UNTUNED) and condition.count(TUNING_MACRO) == 1
+        assert condition.startswith("evt.type ") and condition.index("tor_") < condition.index("evt.rawres")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        RulesOptions(expand_below=16),
+        RulesOptions(rules=frozenset({"outbound"})),
+        RulesOptions(rules=frozenset({"inbound"})),
+        RulesOptions(roles=frozenset({Role.ENTRY, Role.EXIT, Role.RELAY})),
+        RulesOptions(list_names="2022"),
+        RulesOptions(list_names="2022", rules=frozenset({"outbound"})),
+        RulesOptions(networks_only=True),
+    ],
+    ids=["default", "outbound", "inbound", "relay", "2022", "2022-outbound", "networks-only"],
+)
+def test_every_list_written_is_read_by_a_macro(options):
+    # Falco warns about a list nothing reads (LOAD_UNUSED_LIST), and the file is larger for nothing
+    _, lists, macros, _ = load(build(SMALL, BuildOptions(rules=options)).text)
+    read = {name for condition in macros.values() for name in re.findall(r"\btor_\w+", condition)}
+    assert set(lists) <= read, sorted(set(lists) - read)
+    assert {n for n in read if n in lists or n.endswith(("_addresses", "_networks", "_nodes"))} <= set(lists)

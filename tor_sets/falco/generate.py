@@ -10,6 +10,17 @@ entry by entry, so kept few; IPv4 and IPv6 networks never share a list). A macro
 it means (``tor_entry_relay_server``: the server end of the socket is a Tor entry relay) and references the lists of
 every cell holding that role. With ``list_names="2022"`` the lists instead follow the 2022 tool's names
 (``tor_ipv4_entry_nodes`` ...), one complete list per role and family, so users' existing exceptions keep working.
+
+Tuning, the way falcosecurity/rules does it (``falco_rules.yaml``: ``user_known_*`` macros defaulting to
+``(never_true)``): both rules end with ``and not user_known_tor_connections``, a macro that is ``(never_true)``
+here, so users keep the generated file as it is and override the macro (``override: {condition: append}`` or
+``replace``), or add ``exceptions`` to the rules, in their own file loaded after it (docs/tuning.md). ``never_true``
+is written with upstream's exact definition, so loading ``falco_rules.yaml`` before or after this file replaces
+one definition by the same one.
+
+Tags follow upstream's order: maturity, workload (``host``, ``container``), area and topic, then the MITRE tactic and
+one MITRE identifier (the technique where there is one; upstream writes a tactic number ``TA...`` only instead of a
+technique, never beside it).
 """
 
 from __future__ import annotations
@@ -36,21 +47,43 @@ from tor_sets.relays import IPAddress, RelaySets, Role
 __all__ = [
     "DEFAULT_TAGS",
     "INBOUND_RULE",
+    "NEVER_TRUE",
     "OUTBOUND_RELAY_RULE",
     "OUTBOUND_RULE",
+    "TUNING_MACRO",
     "RulesOptions",
     "generate",
     "role_macro",
+    "tuning_macros",
 ]
 
-DEFAULT_TAGS = ("network", "mitre_command_and_control", "T1090.003", "TA0011", "tor")
+#: in falcosecurity/rules' order: maturity first (incubating: a relevant threat, a specific use case that not every
+#: adopter has, exact by construction and tuned per environment), the workloads (host and containers), the area
+#: (network) and the topic (tor, where upstream puts aws, k8s or database), then the MITRE ATT&CK tactic and
+#: technique (Proxy: Multi-hop Proxy)
+DEFAULT_TAGS = (
+    "maturity_incubating",
+    "host",
+    "container",
+    "network",
+    "tor",
+    "mitre_command_and_control",
+    "T1090.003",
+)
+#: the tuning hook both rules exclude; users override it in their own file (docs/tuning.md)
+TUNING_MACRO = "user_known_tor_connections"
+#: falcosecurity/rules' placeholder for tuning macros, with upstream's definition (same text, so redefining is moot)
+NEVER_TRUE = Macro("never_true", "(evt.num=0)")
 OUTBOUND_RULE = "Outbound Connection to Tor Entry Relay"
 OUTBOUND_RELAY_RULE = "Outbound Connection to Tor Relay"
 INBOUND_RULE = "Inbound Connection from Tor Exit Relay"
 #: the result checks come after the address lookup: most connects and accepts are no Tor at all, and the lookup
-#: (one hash probe) rejects them before anything else is evaluated (docs/benchmarks.md measures the order)
-OUTBOUND_CONDITION = "evt.type = connect and {relay} and (evt.rawres >= 0 or evt.res = EINPROGRESS)"
-INBOUND_CONDITION = "evt.type in (accept, accept4) and {relay} and evt.rawres >= 0"
+#: (one hash probe) rejects them before anything else is evaluated (docs/benchmarks.md measures the order). The
+#: users' tuning comes last: whatever it costs, it runs only for connections to or from a relay.
+OUTBOUND_CONDITION = (
+    f"evt.type = connect and {{relay}} and (evt.rawres >= 0 or evt.res = EINPROGRESS) and not {TUNING_MACRO}"
+)
+INBOUND_CONDITION = f"evt.type in (accept, accept4) and {{relay}} and evt.rawres >= 0 and not {TUNING_MACRO}"
 _LEGACY_IPV6_EXPAND_LIMIT = 4096
 
 #: the connection as client -> server, read from the socket tuple. Not ``fd.name``/``fd.lport``/``fd.rport``: which
@@ -66,6 +99,12 @@ _PROCESS_FIELDS = (
 )
 #: before Falco 0.41 the container fields are the engine's own and rules name them; from 0.41 Falco appends them
 _CONTAINER_FIELDS = "container_id=%container.id container_name=%container.name"
+
+
+def tuning_macros() -> tuple[Macro, Macro]:
+    """``never_true`` and the tuning macro defaulting to it, in the order Falco needs them (a macro sees only the
+    macros before it)."""
+    return NEVER_TRUE, Macro(TUNING_MACRO, f"({NEVER_TRUE.name})")
 
 
 def _output(ends: str, profile: Profile) -> str:
@@ -235,26 +274,31 @@ def generate(sets: RelaySets, options: RulesOptions | None = None) -> RulesFile:
     """
     options = options or RulesOptions()
     options.check()
-    cells = _cells(sets, options)
-    items: list[Item] = []
-    # lists named per cell, kind and family, in a fixed order
-    lists_of: dict[tuple[str, str, int], str] = {}
-    for cell in cells:
-        for version in sorted(options.families):
-            part = cell.compacted.family(version)
-            for kind, values in (("addresses", part.addresses), ("networks", part.networks)):
-                if kind == "networks" and not values and options.list_names == "tor-sets":
-                    continue
-                name = _list_name(cell, kind, version, options)
-                lists_of[(cell.name, kind, version)] = name
-                items.append(FalcoList(name, tuple(str(v) for v in values)))
     wanted_roles = []
     if "outbound" in options.rules:
         wanted_roles.append(options.outbound_role)
     if "inbound" in options.rules:
         wanted_roles.append(Role.EXIT)
+    # a cell no rule reads (exit-only relays without the inbound rule ...) is left out: Falco warns about a list
+    # nothing reads (LOAD_UNUSED_LIST)
+    cells = [cell for cell in _cells(sets, options) if cell.roles & set(wanted_roles)]
+    # the lists a role macro may read, per cell, kind and family, in a fixed order
+    lists_of: dict[tuple[str, str, int], FalcoList] = {}
+    for cell in cells:
+        for version in sorted(options.families):
+            part = cell.compacted.family(version)
+            for kind, values in (("addresses", part.addresses), ("networks", part.networks)):
+                name = _list_name(cell, kind, version, options)
+                lists_of[(cell.name, kind, version)] = FalcoList(name, tuple(str(v) for v in values))
+    macros = []
+    read: set[str] = set()
     for role in wanted_roles:
-        items.append(Macro(role_macro(role), _role_condition(role, cells, lists_of, options)))
+        condition, names = _role_condition(role, cells, lists_of, options)
+        macros.append(Macro(role_macro(role), condition))
+        read.update(names)
+    items: list[Item] = [lst for lst in lists_of.values() if lst.name in read]
+    items.extend(macros)
+    items.extend(tuning_macros())
     items.extend(_rules(options))
     if options.networks_only:
         encoding = "every address written as a network"
@@ -265,33 +309,39 @@ def generate(sets: RelaySets, options: RulesOptions | None = None) -> RulesFile:
     header = (
         *options.header,
         f"profile: {options.profile.name} (Falco >= {options.profile.falco_version}); {encoding}",
+        f"tuning: keep this file as it is; in a rules file loaded after it, override macro {TUNING_MACRO}",
+        "(override: {condition: append}) or add exceptions to the rules",
     )
     return RulesFile(header=header, required_engine_version=options.profile.required_engine_version, items=tuple(items))
 
 
 def _role_condition(
-    role: Role, cells: Sequence[_Cell], lists_of: Mapping[tuple[str, str, int], str], options: RulesOptions
-) -> str:
+    role: Role, cells: Sequence[_Cell], lists_of: Mapping[tuple[str, str, int], FalcoList], options: RulesOptions
+) -> tuple[str, list[str]]:
+    """The condition of the macro for ``role`` and the lists it reads.
+
+    Address lists share one clause (Falco merges them into one set, so an empty one costs nothing and keeps its name
+    for users who refer to it); network lists are read only when they hold a network, each family in its own
+    clause.
+    """
     address_field, network_field = _fields(role)
     relevant = [c for c in cells if role in c.roles]
-    address_lists = [
-        lists_of[(c.name, "addresses", v)]
-        for c in relevant
-        for v in sorted(options.families)
-        if c.compacted.family(v).addresses
-    ]
+    families = sorted(options.families)
+    address_lists = [lists_of[(c.name, "addresses", v)] for c in relevant for v in families]
     clauses = []
-    if address_lists:
-        clauses.append(f"{address_field} in ({', '.join(address_lists)})")
-    for version in sorted(options.families):
-        network_lists = [
-            lists_of[(c.name, "networks", version)] for c in relevant if c.compacted.family(version).networks
-        ]
-        if network_lists:
-            clauses.append(f"{network_field} in ({', '.join(network_lists)})")
+    read: list[str] = []
+    if any(lst.items for lst in address_lists):
+        read.extend(lst.name for lst in address_lists)
+        clauses.append(f"{address_field} in ({', '.join(lst.name for lst in address_lists)})")
+    for version in families:
+        network_lists = [lists_of[(c.name, "networks", version)] for c in relevant]
+        names = [lst.name for lst in network_lists if lst.items]
+        if names:
+            read.extend(names)
+            clauses.append(f"{network_field} in ({', '.join(names)})")
     if not clauses:
         raise SanityError(f"no {role.value} relay address to watch: refusing to write rules that cannot fire")
-    return clauses[0] if len(clauses) == 1 else "(" + " or ".join(clauses) + ")"
+    return (clauses[0] if len(clauses) == 1 else "(" + " or ".join(clauses) + ")"), read
 
 
 def _rules(options: RulesOptions) -> list[Item]:

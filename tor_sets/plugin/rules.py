@@ -5,13 +5,15 @@ Exports :func:`plugin_rules_file` (the rules model), :func:`plugin_rules_text` (
 plugin's identity :data:`PLUGIN_NAME`, :data:`PLUGIN_VERSION`.
 
 The plugin rules mirror the list-based ones of :func:`tor_sets.falco.generate.generate` item by item: the same
-rule names (so verification labels and users' exceptions keep working), the same connection macros, and role
-macros of the same names whose conditions ask the plugin instead of an address list::
+rule names (so verification labels and users' exceptions keep working), the same tuning macros (users' tuning
+files work with either), and role macros of the same names whose conditions ask the plugin instead of an address
+list::
 
     - macro: tor_entry_relay_server
       condition: tor.server_is_entry = true
     - rule: Outbound Connection to Tor Entry Relay
       condition: evt.type = connect and tor_entry_relay_server and (evt.rawres >= 0 or evt.res = EINPROGRESS)
+        and not user_known_tor_connections
 
 The relay addresses live in the plugin's table (:mod:`tor_sets.plugin.table`), which the plugin reloads when
 the file is replaced: refreshing detection never touches the rules. Load either these rules or the list-based
@@ -31,7 +33,7 @@ import yaml
 from tor_sets.build import Built
 from tor_sets.errors import SanityError
 from tor_sets.falco.emit import render
-from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RELAY_RULE, OUTBOUND_RULE
+from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RELAY_RULE, OUTBOUND_RULE, tuning_macros
 from tor_sets.falco.model import Item, Macro, Rule, RulesFile
 from tor_sets.relays import Role
 
@@ -116,6 +118,7 @@ def plugin_rules_file(built: Built) -> RulesFile:
     for role in dict.fromkeys(_ROLE_OF_RULE[rule.name] for rule in wanted):
         name = _ROLE_MACRO[role]
         items.append(Macro(name, ROLE_CONDITIONS[name]))
+    items.extend(tuning_macros())  # the rules' conditions exclude the tuning macro, as the list rules' do
     items.extend(
         Rule(
             name=rule.name,
