@@ -13,6 +13,7 @@ import pytest
 
 from tor_sets.errors import SanityError
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
+from tor_sets.falco.alerts import alert_json
 from tor_sets.falco.load import load_rules
 from tor_sets.scap import MIN_GAP_NS
 from tor_sets.selftest import (
@@ -22,7 +23,6 @@ from tor_sets.selftest import (
     HttpSink,
     Observed,
     Report,
-    _alert,
     _connections,
     alert_matches,
     expectations,
@@ -271,13 +271,22 @@ def test_connections_are_spaced_for_the_capture_writer() -> None:
 
 
 def test_simulated_alert_has_falcos_shape() -> None:
-    rules = load_rules(
+    rule = load_rules(
         "- rule: R\n  desc: d\n  condition: evt.type = connect\n"
         "  output: Out | conn=%fd.name port=%fd.lport cid=%container.id cmd=%(proc.cmdline)\n"
         "  priority: WARNING\n  tags: [b, a]\n"
-    )
+    ).rules["R"]
     values = {"fd.name": "1.2.3.4:5->6.7.8.9:10", "fd.lport": "10", "proc.cmdline": "curl x", "fd.sip": "6.7.8.9"}
-    doc = _alert(rules.rules["R"], values, 1767268800_000000001, "node")
+    doc = alert_json(
+        rule=rule.name,
+        priority=rule.priority,
+        output=rule.output,
+        values=values,
+        ts_ns=1767268800_000000001,
+        hostname="node",
+        tags=rule.tags,
+        numeric=frozenset({"fd.lport"}),
+    )
     assert doc == {
         "hostname": "node",
         "output": "12:00:00.000000001: Warning Out | conn=1.2.3.4:5->6.7.8.9:10 port=10 cid=<NA> cmd=curl x",

@@ -40,7 +40,8 @@ __all__ = [
 NA = "<NA>"
 
 _TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:?\d\d)?")
-_OUTPUT_FIELD = re.compile(r"%([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+(?:\[[^\]]*\])?)")
+#: ``%fd.name``, ``%proc.aname[2]``, ``%(proc.cmdline)``
+_OUTPUT_FIELD = re.compile(r"%\(?([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)+(?:\[[^\]]*\])?)\)?")
 
 
 @dataclass(frozen=True, slots=True)
