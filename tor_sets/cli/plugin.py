@@ -117,12 +117,9 @@ def _run_table(args: argparse.Namespace) -> int:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from tor_sets.plugin.table import decode, role_names, summary
+    from tor_sets.plugin.table import decode, read_table, role_names, summary
 
-    try:
-        data = args.table.read_bytes()
-    except OSError as exc:
-        raise TorSetsError(f"cannot read {args.table}: {exc.strerror or exc}") from exc
+    data = read_table(args.table)
     table = decode(data)
     document: dict[str, object] = {"schema": 1, "table": str(args.table), "bytes": len(data), **summary(table)}
     lookups: dict[str, object] = {}

@@ -2,7 +2,8 @@
 
 Exports :func:`plugin_rules_file` (the rules model), :func:`plugin_rules_text` (its YAML, with
 ``required_plugin_versions``), :func:`falco_config` (the ``falco.yaml`` snippet that loads the plugin) and the
-plugin's identity :data:`PLUGIN_NAME`, :data:`PLUGIN_VERSION`.
+plugin's identity: :data:`PLUGIN_NAME`, :data:`PLUGIN_VERSION`, :data:`REQUIRED_API_VERSION`,
+:data:`EVENT_SCHEMA_VERSION`, its fields :data:`FIELDS` and metrics :data:`METRICS`.
 
 The plugin rules mirror the list-based ones of :func:`tor_sets.falco.generate.generate` item by item: the same
 rule names (so verification labels and users' exceptions keep working), the same connection macros, and role
@@ -39,10 +40,13 @@ __all__ = [
     "DEFAULT_CHECK_INTERVAL_S",
     "DEFAULT_LIBRARY",
     "DEFAULT_TABLE",
+    "EVENT_SCHEMA_VERSION",
     "FIELDS",
+    "METRICS",
     "MIN_ENGINE_VERSION",
     "PLUGIN_NAME",
     "PLUGIN_VERSION",
+    "REQUIRED_API_VERSION",
     "ROLE_CONDITIONS",
     "falco_config",
     "plugin_rules_file",
@@ -52,12 +56,16 @@ __all__ = [
 #: the plugin's name (``plugin_get_name``), as ``load_plugins`` and ``required_plugin_versions`` spell it
 PLUGIN_NAME = "torsets"
 #: the plugin's version (``plugin_get_version``); ``torsets_plugin.c`` must say the same
-PLUGIN_VERSION = "0.1.0"
+PLUGIN_VERSION = "0.2.0"
+#: ``plugin_get_required_api_version``: the first plugin API whose framework calls ``plugin_get_metrics``
+REQUIRED_API_VERSION = "3.6.0"
+#: ``plugin_get_required_event_schema_version``: the lowest event schema 4.x (Falco 0.42, the first to check it)
+EVENT_SCHEMA_VERSION = "4.0.0"
 DEFAULT_LIBRARY = "/usr/share/falco/plugins/libtorsets.so"
 DEFAULT_TABLE = "/etc/falco/tor.table"
 DEFAULT_CHECK_INTERVAL_S = 5.0
-#: the plugin needs plugin API 3.3.0 (Falco 0.38, engine version 0.40.0) or later
-MIN_ENGINE_VERSION = "0.40.0"
+#: the plugin needs plugin API 3.6.0 (Falco 0.39, engine version 0.43.0) or later
+MIN_ENGINE_VERSION = "0.43.0"
 
 #: the plugin's fields in the order ``plugin_get_fields`` lists them (their ids)
 FIELDS: tuple[str, ...] = (
@@ -73,9 +81,9 @@ FIELDS: tuple[str, ...] = (
     "tor.is_relay",
     "tor.fingerprint",
     "tor.nickname",
-    "tor.table_age",
-    "tor.table_loads",
 )
+#: the plugin's metrics (``plugin_get_metrics``); Falco names them ``plugins.torsets.NAME``
+METRICS: tuple[str, ...] = ("table_loads", "table_rejects", "table_age_s")
 #: role macro name → the plugin condition that replaces its address lists
 ROLE_CONDITIONS: dict[str, str] = {
     "tor_entry_relay_server": "tor.server_is_entry = true",
