@@ -26,6 +26,7 @@ from tor_sets.falco.load import load_rules
 from tor_sets.plugin import falco_config, plugin_rules_text, rule_families, source_bytes, table_bytes
 from tor_sets.plugin.replay import init_config, rules_condition
 from tor_sets.plugin.rules import (
+    DEFAULT_CONFIG_NAME,
     EVENT_SCHEMA_VERSION,
     FIELDS,
     METRICS,
@@ -350,9 +351,10 @@ def test_rules_condition_or_s_every_rule(bundled: Snapshot) -> None:
 
 
 def test_falco_config() -> None:
+    """A config.d drop-in: only torsets in load_plugins (Falco appends it to the container drop-in's list)."""
     document = yaml.safe_load(falco_config(library="/opt/libtorsets.so", table="/t", check_interval_s=0.5))
     assert document == {
-        "load_plugins": ["container", "torsets"],
+        "load_plugins": ["torsets"],
         "plugins": [
             {
                 "name": "torsets",
@@ -370,9 +372,42 @@ def test_falco_config() -> None:
 
 
 def test_cli_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plugin", "config", "--table", "/var/lib/tor.table", "--check-interval", "10"]) == 0
+    assert main(["plugin", "config", "-o", "-", "--table", "/var/lib/tor.table", "--check-interval", "10"]) == 0
     document = yaml.safe_load(capsys.readouterr().out)
     assert document["plugins"][0]["init_config"] == {"table": "/var/lib/tor.table", "check_interval_s": 10}
+
+
+def test_cli_config_writes_a_drop_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drop_in = tmp_path / "config.d" / DEFAULT_CONFIG_NAME
+    assert main(["plugin", "config", "-o", str(drop_in), "--table", "/t"]) == 0
+    assert drop_in.read_text() == falco_config(table="/t")
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"wrote {drop_in}" in captured.err
+    assert main(["plugin", "config", "-o", str(drop_in), "--table", "/t"]) == 0
+    assert f"unchanged {drop_in}" in capsys.readouterr().err
+    assert [p.name for p in drop_in.parent.iterdir()] == [DEFAULT_CONFIG_NAME]  # no temporary file left
+    monkeypatch.chdir(tmp_path)
+    assert main(["plugin", "config"]) == 0  # default: the drop-in's name in the current folder
+    assert yaml.safe_load((tmp_path / DEFAULT_CONFIG_NAME).read_text())["load_plugins"] == ["torsets"]
+
+
+def test_drop_in_merges_the_way_falco_044_does(tmp_path: Path) -> None:
+    """Falco 0.44.1 (userspace/engine/yaml_helper.h, include_config_file, default strategy append): a drop-in's
+    sequences are appended to falco.yaml's, files of config.d in name order. Replayed here on the release's own
+    files (falco.yaml's load_plugins [] and plugins [container]; config/falco.container_plugin.yaml)."""
+    main_config = {"load_plugins": [], "plugins": [{"name": "container", "library_path": "libcontainer.so"}]}
+    drop_ins = {
+        "falco.container_plugin.yaml": "load_plugins: [container]\n",
+        DEFAULT_CONFIG_NAME: falco_config(),
+    }
+    merged = dict(main_config)
+    for name in sorted(drop_ins):
+        for key, value in yaml.safe_load(drop_ins[name]).items():
+            merged[key] = [*merged.get(key, []), *value] if isinstance(value, list) else value
+    assert merged["load_plugins"] == ["container", "torsets"]  # each once: Falco refuses a plugin loaded twice
+    assert [p["name"] for p in merged["plugins"]] == ["container", "torsets"]
 
 
 def test_cli_table_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str], bundled: Snapshot) -> None:

@@ -1,7 +1,7 @@
 """Falco rules and configuration for the tor-sets plugin.
 
 Exports :func:`plugin_rules_file` (the rules model), :func:`plugin_rules_text` (its YAML, with
-``required_plugin_versions``), :func:`falco_config` (the ``falco.yaml`` snippet that loads the plugin) and the
+``required_plugin_versions``), :func:`falco_config` (the ``config.d`` drop-in that loads the plugin) and the
 plugin's identity: :data:`PLUGIN_NAME`, :data:`PLUGIN_VERSION`, :data:`REQUIRED_API_VERSION`,
 :data:`EVENT_SCHEMA_VERSION`, its fields :data:`FIELDS` and metrics :data:`METRICS`.
 
@@ -18,7 +18,8 @@ The relay addresses live in the plugin's table (:mod:`tor_sets.plugin.table`), w
 the file is replaced: refreshing detection never touches the rules. Load either these rules or the list-based
 ones, not both (they define the same names).
 
-Falco configuration: https://falco.org/docs/plugins/usage/ (``load_plugins``, ``plugins``), rules files:
+Falco configuration: https://falco.org/docs/plugins/usage/ (``load_plugins``, ``plugins``) and ``config_files``
+in Falco's falco.yaml (drop-ins in ``/etc/falco/config.d``, lists appended since Falco 0.41); rules files:
 https://falco.org/docs/reference/rules/ (``required_plugin_versions``).
 """
 
@@ -38,6 +39,7 @@ from tor_sets.relays import Role
 
 __all__ = [
     "DEFAULT_CHECK_INTERVAL_S",
+    "DEFAULT_CONFIG_NAME",
     "DEFAULT_LIBRARY",
     "DEFAULT_TABLE",
     "EVENT_SCHEMA_VERSION",
@@ -64,6 +66,8 @@ EVENT_SCHEMA_VERSION = "4.0.0"
 DEFAULT_LIBRARY = "/usr/share/falco/plugins/libtorsets.so"
 DEFAULT_TABLE = "/etc/falco/tor.table"
 DEFAULT_CHECK_INTERVAL_S = 5.0
+#: the file name of the drop-in in Falco's ``config.d`` (after upstream's ``falco.container_plugin.yaml``)
+DEFAULT_CONFIG_NAME = "falco.torsets_plugin.yaml"
 #: the plugin needs plugin API 3.6.0 (Falco 0.39, engine version 0.43.0) or later
 MIN_ENGINE_VERSION = "0.43.0"
 
@@ -94,9 +98,9 @@ _ROLE_OF_RULE = {OUTBOUND_RULE: Role.ENTRY, OUTBOUND_RELAY_RULE: Role.RELAY, INB
 _ROLE_MACRO = {Role.ENTRY: "tor_entry_relay_server", Role.RELAY: "tor_relay_server", Role.EXIT: "tor_exit_relay_client"}
 _PLUGIN_OUTPUT = " tor_role=%tor.remote_role tor_fingerprint=%tor.fingerprint tor_nickname=%tor.nickname"
 _CONFIG_HEADER = (
-    "# tor-sets plugin: tor.* fields for syscall events. Merge into falco.yaml: add torsets to the\n"
-    "# load_plugins you already have (Falco 0.41+ loads container, which the rule outputs use) and this\n"
-    "# entry to plugins.\n"
+    "# tor-sets plugin: tor.* fields for syscall events. A Falco config.d drop-in: Falco 0.41+ appends its\n"
+    "# load_plugins and plugins to those of falco.yaml and of the other drop-ins (container keeps loading).\n"
+    "# Do not also list torsets in falco.yaml. See docs/plugin.md of tor-sets.\n"
 )
 _SEMVER = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
@@ -173,7 +177,11 @@ def falco_config(
     table: str = DEFAULT_TABLE,
     check_interval_s: float = DEFAULT_CHECK_INTERVAL_S,
 ) -> str:
-    """The ``falco.yaml`` snippet that loads the plugin next to Falco's own ``container`` plugin.
+    """The Falco ``config.d`` drop-in that loads the plugin: ``load_plugins: [torsets]`` and its ``plugins`` entry.
+
+    Only ``torsets`` is listed: under Falco's default merge (``append``, Falco 0.41 and later) both lists are
+    appended to what ``falco.yaml`` and the other drop-ins hold, so upstream's ``falco.container_plugin.yaml``
+    keeps ``container`` loaded; listing ``container`` here as well would load it twice, which Falco refuses.
 
     Args:
         library: where the plugin's shared library is installed.
@@ -181,11 +189,10 @@ def falco_config(
         check_interval_s: seconds between the plugin's checks for a replaced table.
 
     >>> print(falco_config(table="/etc/falco/tor.table"), end="")
-    # tor-sets plugin: tor.* fields for syscall events. Merge into falco.yaml: add torsets to the
-    # load_plugins you already have (Falco 0.41+ loads container, which the rule outputs use) and this
-    # entry to plugins.
+    # tor-sets plugin: tor.* fields for syscall events. A Falco config.d drop-in: Falco 0.41+ appends its
+    # load_plugins and plugins to those of falco.yaml and of the other drop-ins (container keeps loading).
+    # Do not also list torsets in falco.yaml. See docs/plugin.md of tor-sets.
     load_plugins:
-    - container
     - torsets
     plugins:
     - name: torsets
@@ -198,7 +205,7 @@ def falco_config(
         raise ValueError("check_interval_s must not be negative")
     interval: float | int = int(check_interval_s) if float(check_interval_s).is_integer() else check_interval_s
     document = {
-        "load_plugins": ["container", PLUGIN_NAME],
+        "load_plugins": [PLUGIN_NAME],
         "plugins": [
             {
                 "name": PLUGIN_NAME,
@@ -207,5 +214,4 @@ def falco_config(
             }
         ],
     }
-    text = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=118)
-    return _CONFIG_HEADER + text
+    return _CONFIG_HEADER + _dump(document)
