@@ -484,3 +484,12 @@ def test_cli_inspect_bad_table(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_cli_build_without_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugin", "build", "-o", str(tmp_path), "--include", str(tmp_path)]) == 3
     assert "has no plugin/plugin_api.h" in capsys.readouterr().err
+
+
+def test_docs_state_the_measured_table_size_and_the_limit(bundled: Snapshot) -> None:
+    """docs/plugin.md names the size of the bundled snapshot's table and the limit: both must stay true."""
+    docs = (REPO / "docs" / "plugin.md").read_text()
+    stated = re.search(r"The bundled snapshot gives a table of ([\d,]+) bytes", docs)
+    assert stated is not None
+    assert int(stated[1].replace(",", "")) == len(table_bytes(build(bundled), bundled))
+    assert f"more than the {MAX_BYTES}-byte limit" in docs and f"({MAX_BYTES:,} bytes)" in docs
