@@ -7,11 +7,13 @@
    condition as the filter. Every expected alert must fire, nothing else may, ``tor.fingerprint`` must name a
    relay at that address that holds the role, and the list-based rules must flag exactly the same events.
 2. Hot reload in one sysdig process. The capture is streamed into a FIFO that sysdig replays: phase 1 is written,
-   the test waits until sysdig has printed phase 1's last alert, replaces the table file (first with a corrupt
-   one, then with a table holding new relays), waits longer than the plugin's check interval, then writes the
-   next phase. Because each phase only exists after the swap, which table judged it is certain, not a matter of
-   timing. A block of non-Tor filler connections follows each marker so that the marker is not held back in
-   the engine's read buffer (measured: sysdig lags the writer by about 8 KiB).
+   the test waits until sysdig has printed phase 1's last alert, replaces the table file (with a corrupt table,
+   then a FIFO, then a sparse file over the size limit, then a table holding new relays), waits longer than the
+   plugin's check interval, then writes the next phase. Because each phase only exists after the swap, which
+   table judged it is certain, not a matter of timing. A block of non-Tor filler connections follows each marker
+   so that the marker is not held back in the engine's read buffer (measured: sysdig lags the writer by about
+   8 KiB). Every wait is bounded, so a plugin that blocks fails the test instead of hanging it.
+3. A FIFO or a file over the size limit at the table path at start: sysdig fails at once with the plugin's reason.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import io
 import ipaddress
 import os
 import queue
+import select
 import shutil
 import stat
 import struct
@@ -32,15 +35,16 @@ from pathlib import Path
 import pytest
 
 from tor_sets.build import Built, build
-from tor_sets.engines.base import temporary_workspace
+from tor_sets.engines.base import run_process, temporary_workspace
 from tor_sets.engines.sysdig import SYSDIG_INSIDE, SysdigModern
 from tor_sets.errors import EngineUnavailable, TorSetsError
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
 from tor_sets.falco.load import load_rules
+from tor_sets.files import atomic_write
 from tor_sets.onionoo import bundled_snapshot
 from tor_sets.plugin import PluginSpec, compile_plugin, plugin_rules_text, replay, table_bytes
 from tor_sets.plugin.replay import init_config, rules_condition
-from tor_sets.plugin.table import ENTRY, EXIT, decode, write_table
+from tor_sets.plugin.table import ENTRY, EXIT, MAX_BYTES, decode, write_table
 from tor_sets.relays import IPAddress, Relay, Snapshot
 from tor_sets.scap import BlockType, Connection, Interface, Process, read_blocks, write_capture
 
@@ -230,6 +234,50 @@ def test_plugin_refuses_a_bad_table_at_start(engine: SysdigModern, library: Path
         replay(capture, "tor.is_relay = true", plugin=PluginSpec(library, bad), engine=engine)
 
 
+def _make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _make_sparse(path: Path) -> None:
+    with open(path, "wb") as out:
+        out.truncate(MAX_BYTES + 1)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [(_make_fifo, "is not a regular file"), (_make_sparse, f"more than the {MAX_BYTES}-byte limit")],
+    ids=["fifo", "over-size-limit"],
+)
+def test_plugin_refuses_a_fifo_or_huge_table_at_start(
+    engine: SysdigModern, library: Path, tmp_path: Path, built: Built, make: object, message: str
+) -> None:
+    """Issue 13: plugin_init must neither block on a FIFO nor read a huge file; sysdig stops with the reason."""
+    capture = tmp_path / "one.scap"
+    write_capture(
+        capture,
+        [Connection("connect", HOST4, 1234, min(a for a in built.sets.entry if a.version == 4), 443, T0 + 1000, PID)],
+        processes=PROCESSES,
+    )
+    with temporary_workspace(engine.root / "tmp", lambda host: "/tmp/" + host.name) as ws:
+        shutil.copyfile(library, ws.host / "libtorsets.so")
+        shutil.copyfile(capture, ws.host / "capture.scap")
+        make(ws.host / "tor.table")  # type: ignore[operator]
+        argv = [
+            shutil.which("chroot") or "chroot",
+            str(engine.root),
+            SYSDIG_INSIDE,
+            "-H",
+            f"{ws.path('libtorsets.so')}:{init_config(ws.path('tor.table'), 0.2)}",
+            "-r",
+            ws.path("capture.scap"),
+            "evt.num = 0",
+        ]
+        done = run_process(argv, engine=engine.name, timeout=60)  # a blocked plugin_init: EngineTimeout, a failure
+    assert done.returncode != 0
+    assert message in done.stdout + done.stderr
+    assert done.max_rss_kb < MAX_BYTES // 1024  # the huge file was not read (sysdig alone: about 15 MB)
+
+
 # ---------------------------------------------------------------------------------------------------- hot reload
 
 
@@ -293,14 +341,21 @@ def _open_fifo_for_writing(path: Path, proc: subprocess.Popen[str], timeout: flo
     deadline = time.monotonic() + timeout
     while True:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)  # stays non-blocking: see _write_bounded
         except OSError as exc:
             if exc.errno != 6 or proc.poll() is not None or time.monotonic() > deadline:  # ENXIO: no reader yet
                 raise AssertionError(f"sysdig did not open the FIFO: {exc}") from exc
             time.sleep(0.05)
-            continue
-        os.set_blocking(fd, True)
-        return fd
+
+
+def _write_bounded(fd: int, data: bytes, timeout: float = 60) -> None:
+    """Write all of ``data`` to the non-blocking FIFO ``fd``, failing when sysdig stops reading for ``timeout`` s."""
+    view = memoryview(data)
+    while view:
+        _, ready, _ = select.select([], [fd], [], timeout)
+        if not ready:
+            raise AssertionError(f"sysdig stopped reading the capture ({len(view)} bytes left): is the plugin blocked?")
+        view = view[os.write(fd, view) :]
 
 
 def _split_points(data: bytes, thresholds: list[int]) -> list[int]:
@@ -359,28 +414,60 @@ def test_plugin_reloads_a_replaced_table_mid_run(
     def filler() -> list[Connection]:
         return [out(filler_targets[i % len(filler_targets)], 20000 + i % 10000) for i in range(500)]
 
-    # built in stream order: timestamps come from one increasing counter
+    def table_a_phase(base: int) -> list[Connection]:
+        """Table A in use: the removed relay and the stable one alert, the new relays do not."""
+        return [
+            out(guard_address, base + 1),
+            out(removed, base + 2),
+            inbound("accept", exit_out, base + 3),
+            out(stable, base + 4),
+        ]
+
+    # built in stream order: timestamps come from one increasing counter; phase k uses client ports k000..k999
     phase1 = [out(guard_address, 1001), out(removed, 1002), inbound("accept4", exit_or, 1003), out(stable, 1004)]
     filler1 = filler()
-    phase2 = [out(guard_address, 2001), out(removed, 2002), inbound("accept", exit_out, 2003), out(stable, 2004)]
+    phase2 = table_a_phase(2000)  # after a corrupt table
     filler2 = filler()
-    phase3 = [
-        out(guard_address, 3001),
-        out(removed, 3002),
-        inbound("accept4", exit_or, 3003),
-        inbound("accept", exit_out, 3004),
-        out(stable, 3005),
+    phase3 = table_a_phase(3000)  # after a FIFO
+    filler3 = filler()
+    phase4 = table_a_phase(4000)  # after a sparse file over the size limit
+    filler4 = filler()
+    phase5 = [
+        out(guard_address, 5001),
+        out(removed, 5002),
+        inbound("accept4", exit_or, 5003),
+        inbound("accept", exit_out, 5004),
+        out(stable, 5005),
     ]
-    connections = [*phase1, *filler1, *phase2, *filler2, *phase3]
+    phases = [phase1, phase2, phase3, phase4, phase5]
+    connections = [*phase1, *filler1, *phase2, *filler2, *phase3, *filler3, *phase4, *filler4, *phase5]
     stream = io.BytesIO()
     write_capture(stream, connections, processes=PROCESSES, interfaces=INTERFACES)
     data = stream.getvalue()
-    cut2, cut3 = _split_points(data, [phase2[0].ts_ns - 10, phase3[0].ts_ns - 10])
-    chunks = [data[:cut2], data[cut2:cut3], data[cut3:]]
-    markers = {1: phase1[-1].ts_ns, 2: phase2[-1].ts_ns}
+    cuts = [0, *_split_points(data, [phase[0].ts_ns - 10 for phase in phases[1:]]), len(data)]
+    chunks = [data[cuts[i] : cuts[i + 1]] for i in range(len(phases))]
     interval = 0.2
     condition = rules_condition(plugin_rules_text(built))
-    fmt = "*MATCH %evt.rawtime %evt.type %fd.cport %tor.fingerprint %tor.nickname %tor.table_loads"
+    fmt = "*MATCH %evt.rawtime %evt.type %fd.cport %tor.fingerprint %tor.nickname"
+
+    def swap_fifo(path: Path) -> None:
+        tmp = path.with_name("fifo.tmp")
+        os.mkfifo(tmp)
+        os.replace(tmp, path)
+
+    def swap_sparse(path: Path) -> None:
+        tmp = path.with_name("sparse.tmp")
+        _make_sparse(tmp)
+        os.replace(tmp, path)
+
+    # what replaces the table after each phase but the last; atomic_write, not write_table: that one compares
+    # with the file in place first, which would block on the FIFO
+    swaps = [
+        lambda path: atomic_write(path, bytes(corrupt)),
+        swap_fifo,
+        swap_sparse,
+        lambda path: atomic_write(path, table_b),
+    ]
 
     with temporary_workspace(engine.root / "tmp", lambda host: "/tmp/" + host.name) as ws:
         shutil.copyfile(library, ws.host / "libtorsets.so")
@@ -406,16 +493,16 @@ def test_plugin_reloads_a_replaced_table_mid_run(
         sysdig = _Sysdig(argv)
         try:
             fd = _open_fifo_for_writing(fifo, sysdig.proc)
-            with os.fdopen(fd, "wb", buffering=0) as pipe:
-                pipe.write(chunks[0])
-                sysdig.wait_for(f"MATCH {markers[1]} ")
-                write_table(live, bytes(corrupt))  # a bad table: the plugin must keep table A
-                time.sleep(5 * interval)
-                pipe.write(chunks[1])
-                sysdig.wait_for(f"MATCH {markers[2]} ")
-                write_table(live, table_b)  # a good one: the plugin must switch to table B
-                time.sleep(5 * interval)
-                pipe.write(chunks[2])
+            try:
+                for phase, chunk, swap in zip(phases, chunks, [*swaps, None], strict=True):
+                    _write_bounded(fd, chunk)
+                    if swap is None:
+                        break
+                    sysdig.wait_for(f"MATCH {phase[-1].ts_ns} ")  # bounded: a stalled plugin fails here
+                    swap(live)
+                    time.sleep(5 * interval)
+            finally:
+                os.close(fd)
         finally:
             returncode, stderr = sysdig.finish()
     assert returncode == 0, stderr[-2000:]
@@ -423,24 +510,30 @@ def test_plugin_reloads_a_replaced_table_mid_run(
     matches = {}
     for line in sysdig.all:
         if line.startswith("MATCH "):
-            _, _ts, evt_type, cport, fingerprint, nickname, loads = line.split(" ")
-            matches[int(cport)] = (evt_type, fingerprint, nickname, int(loads))
+            _, _ts, evt_type, cport, fingerprint, nickname = line.split(" ")
+            matches[int(cport)] = (evt_type, fingerprint, nickname)
     logs = "\n".join(line for line in sysdig.all if "torsets:" in line)
+
+    def phase_ports(k: int) -> set[int]:
+        return {port for port in matches if k * 1000 <= port < (k + 1) * 1000}
 
     stable_fp = decode(table_a).get(stable)
     assert stable_fp is not None
     # phase 1, table A: the new relays are unknown, the removed one is still an entry relay
-    assert set(k for k in matches if k < 2000) == {1002, 1004}
-    assert matches[1002] == ("connect", removed_relay.fingerprint, "<NA>", 1)
-    # phase 2, a corrupt table on disk: table A kept, the reason logged once
-    assert set(k for k in matches if 2000 <= k < 3000) == {2002, 2004}
-    assert matches[2004][3] == 1
+    assert phase_ports(1) == {1002, 1004}
+    assert matches[1002] == ("connect", removed_relay.fingerprint, "<NA>")
+    # phases 2-4, a corrupt table, a FIFO, a sparse file over the limit on disk: table A kept, each reason logged once
+    for k in (2, 3, 4):
+        assert phase_ports(k) == {k * 1000 + 2, k * 1000 + 4}, k
+        assert matches[k * 1000 + 2] == ("connect", removed_relay.fingerprint, "<NA>")
     assert logs.count("checksum mismatch") == 1, logs
-    assert "keeping the loaded table" in logs
-    # phase 3, table B: new entry and exit relays (OR and exit address) detected, the removed relay no longer
-    assert set(k for k in matches if k >= 3000) == {3001, 3003, 3004, 3005}
-    assert matches[3001] == ("connect", new_guard.fingerprint, "NewGuard1", 2)
-    assert matches[3003] == ("accept4", new_exit.fingerprint, "NewExit2", 2)
-    assert matches[3004] == ("accept", new_exit.fingerprint, "NewExit2", 2)
-    assert matches[3005][1] == stable_fp.fingerprint
+    assert logs.count("is not a regular file") == 1, logs
+    assert logs.count(f"more than the {MAX_BYTES}-byte limit") == 1, logs
+    assert logs.count("keeping the loaded table") == 3, logs
+    # phase 5, table B: new entry and exit relays (OR and exit address) detected, the removed relay no longer
+    assert phase_ports(5) == {5001, 5003, 5004, 5005}
+    assert matches[5001] == ("connect", new_guard.fingerprint, "NewGuard1")
+    assert matches[5003] == ("accept4", new_exit.fingerprint, "NewExit2")
+    assert matches[5004] == ("accept", new_exit.fingerprint, "NewExit2")
+    assert matches[5005][1] == stable_fp.fingerprint
     assert "reloaded" in logs

@@ -4,23 +4,33 @@ Used by tests/integration/test_plugin_abi.py, in-process for the normal build an
 AddressSanitizer and UndefinedBehaviorSanitizer, as ``python -m tests.support.plugin_abi LIB WORKDIR`` in a
 subprocess that preloads the sanitizer runtime. The structures mirror plugin_api.h / plugin_types.h of plugin API
 3.x (``ss_plugin_init_input``, ``ss_plugin_event_input``, ``ss_plugin_extract_field``,
-``ss_plugin_field_extract_input``); only the members the plugin reads need real values.
+``ss_plugin_field_extract_input``, ``ss_plugin_metric``); only the members the plugin reads need real values.
+
+The plugin reloads its table on a thread of its own, so a test that replaces the file waits (bounded, polling)
+for the new table to show in extraction. A call that might block (plugin_init or extraction with a FIFO at the
+table path) runs on a thread of the test with a bound: when it has not returned in time, the test opens the FIFO
+for writing, which releases a reader blocked in ``open()``, and reports the call as blocked instead of hanging.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import json
 import os
 import struct
+import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from tor_sets.files import atomic_write
 from tor_sets.plugin.rules import FIELDS
-from tor_sets.plugin.table import ENTRY, EXIT, RELAY, Table, TableEntry, encode, write_table
+from tor_sets.plugin.table import ENTRY, EXIT, MAX_BYTES, RELAY, Table, TableEntry, encode, write_table
 
 SUCCESS, FAILURE = 0, 1
 _LIBC = ctypes.CDLL(None)
@@ -70,6 +80,17 @@ class ExtractInput(ctypes.Structure):
     ]
 
 
+class Metric(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_char_p),
+        ("type", ctypes.c_int),
+        ("value", ctypes.c_uint64),
+        ("value_type", ctypes.c_int),
+    ]
+
+
+METRIC_U64 = 2
+METRIC_MONOTONIC, METRIC_NON_MONOTONIC = 0, 1
 _TYPES = {"string": 9, "uint64": 8, "bool": 25}
 
 
@@ -94,6 +115,10 @@ class Plugin:
         self.lib.plugin_get_extract_event_types.argtypes = [ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
         self.lib.plugin_get_init_schema.restype = ctypes.c_char_p
         self.lib.plugin_get_init_schema.argtypes = [ctypes.POINTER(ctypes.c_int)]
+        self.lib.plugin_get_required_event_schema_version.restype = ctypes.c_char_p
+        self.lib.plugin_get_required_event_schema_version.argtypes = [ctypes.c_void_p]
+        self.lib.plugin_get_metrics.restype = ctypes.POINTER(Metric)
+        self.lib.plugin_get_metrics.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
         self.fields = json.loads(self.lib.plugin_get_fields())
 
     def text(self, name: str) -> str:
@@ -114,6 +139,7 @@ class State:
     def __init__(self, plugin: Plugin, config: str) -> None:
         self.plugin = plugin
         self.logs: list[tuple[int, str]] = []
+        self.log_threads: list[int] = []  # the thread each log line came from (threading.get_ident)
         self._log = LOG_FN(self._on_log)  # kept alive as long as the state
         self._input = InitInput(config.encode(), None, None, None, self._log)
         rc = ctypes.c_int(-1)
@@ -122,7 +148,23 @@ class State:
         self._evtnum = 0
 
     def _on_log(self, owner: Any, component: bytes | None, message: bytes, severity: int) -> None:
+        self.log_threads.append(threading.get_ident())
         self.logs.append((severity, message.decode()))
+
+    def metrics(self) -> dict[str, tuple[int, int]]:
+        """``plugin_get_metrics``: name → (metric type, value); every value must be a u64."""
+        count = ctypes.c_uint32(99)
+        array = self.plugin.lib.plugin_get_metrics(self.handle, ctypes.byref(count))
+        out = {}
+        for i in range(count.value):
+            metric = array[i]
+            assert metric.value_type == METRIC_U64, metric.name
+            out[metric.name.decode()] = (metric.type, metric.value)
+        return out
+
+    def metric(self, name: str) -> int | None:
+        found = self.metrics().get(name)
+        return None if found is None else found[1]
 
     @property
     def last_error(self) -> str:
@@ -233,6 +275,72 @@ def config(table: Path, interval: float = 0) -> str:
     return json.dumps({"table": str(table), "check_interval_s": interval})
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds (True) or ``timeout`` seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+T = TypeVar("T")
+
+
+def bounded(call: Callable[[], T], fifo: Path, timeout: float = 10.0) -> tuple[T | None, bool]:
+    """Run ``call`` on a thread for at most ``timeout`` seconds; return (its result, whether it blocked).
+
+    A call still running then is taken to be blocked opening ``fifo`` for reading: the FIFO is opened for writing
+    (which lets that ``open()`` return) and closed, and the call gets another ``timeout`` to finish.
+    """
+    result: list[T] = []
+    worker = threading.Thread(target=lambda: result.append(call()), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    blocked = worker.is_alive()
+    if blocked:
+        with contextlib.suppress(OSError):  # ENXIO: nobody is reading it after all
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(timeout)
+    return (result[0] if result else None), blocked
+
+
+def replace_with_fifo(path: Path) -> None:
+    """Put a FIFO at ``path`` the way a table is replaced: made beside it, renamed over it."""
+    tmp = path.with_name(f".{path.name}.fifo")
+    os.mkfifo(tmp)
+    os.replace(tmp, path)
+
+
+def replace_with_sparse(path: Path, size: int) -> None:
+    """Put a sparse file of ``size`` bytes (no data written) at ``path``, renamed over it."""
+    tmp = path.with_name(f".{path.name}.sparse")
+    with open(tmp, "wb") as out:
+        out.truncate(size)
+    os.replace(tmp, path)
+
+
+def peak_rss_kb() -> int:
+    """This process's peak resident set size (VmHWM) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def reset_peak_rss() -> int:
+    """Reset VmHWM to the current RSS (``/proc/self/clear_refs``, Linux 4.0+) and return it in KiB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return peak_rss_kb()
+
+
+def role_of(state: State, address: str) -> str | None:
+    """``tor.server_role`` of a connect to ``address``."""
+    value = state.extract(connect_x("10.0.0.5", address), ["tor.server_role"]).get("tor.server_role")
+    return None if value is None else str(value)
+
+
 def run_scenario(plugin: Plugin, workdir: Path) -> list[str]:
     """Exercise extraction, malformed input and reloads; return the checks that failed (empty: all good)."""
     failures: list[str] = []
@@ -249,7 +357,11 @@ def run_scenario(plugin: Plugin, workdir: Path) -> list[str]:
     check(got.get("tor.server_role") == "entry" and got.get("tor.server_is_entry") is True, f"connect entry: {got}")
     check(got.get("tor.fingerprint") == GUARD and got.get("tor.nickname") == "guardian", f"names: {got}")
     check(got.get("tor.client_role") == "none" and got.get("tor.client_is_exit") is False, f"client: {got}")
-    check(got.get("tor.table_loads") == 1 and got.get("tor.table_age", 0) > 0, f"table fields: {got}")
+    metrics = state.metrics()
+    check(metrics.get("table_loads") == (METRIC_MONOTONIC, 1), f"metrics: {metrics}")
+    check(metrics.get("table_rejects") == (METRIC_MONOTONIC, 0), f"metrics: {metrics}")
+    age = metrics.get("table_age_s", (None, 0))
+    check(age[0] == METRIC_NON_MONOTONIC and age[1] >= time.time() - TABLE_V1.published - 60, f"age: {metrics}")
     for event_type in (247, 249, 389):
         got = state.extract(accept_x("6.6.6.6", "10.0.0.5", event_type))
         check(got.get("tor.client_is_exit") is True and got.get("tor.remote_role") == "exit", f"{event_type}: {got}")
@@ -276,7 +388,7 @@ def run_scenario(plugin: Plugin, workdir: Path) -> list[str]:
     unix = event(23, [struct.pack("<q", 0), b"\x01" + bytes(16), struct.pack("<q", 3), b""])
     got = state.extract(unix)
     check(got.get("tor.server_role") == "none" and got.get("tor.is_relay") is False, f"unix socket: {got}")
-    check(set(state.extract(event(3, [b"x", b"y"]))) <= {"tor.table_loads", "tor.table_age"}, "other type")
+    check(state.extract(event(3, [b"x", b"y"])) == {}, "other type")
     good = connect_x("10.0.0.5", "5.5.5.5")
     malformed = [
         good[:20] + bytes(6),  # header only, nparams 0
@@ -294,34 +406,212 @@ def run_scenario(plugin: Plugin, workdir: Path) -> list[str]:
     corrupt = bytearray(encode(TABLE_V2))
     corrupt[-1] ^= 1
     write_table(table, bytes(corrupt))
-    got = state.extract(connect_x("10.0.0.5", "5.5.5.5"))
-    check(got.get("tor.server_is_entry") is True and got.get("tor.table_loads") == 1, f"kept after corrupt: {got}")
-    check("checksum mismatch" in state.last_error, f"last error: {state.last_error}")
-    state.extract(connect_x("10.0.0.5", "5.5.5.5"))
+    check(wait_until(lambda: "checksum mismatch" in state.last_error), f"last error: {state.last_error}")
+    check(role_of(state, "5.5.5.5") == "entry" and state.metric("table_loads") == 1, "kept after corrupt")
+    time.sleep(0.05)  # some fifty more checks of the same bad file
+    state.extract(good)
     errors = [m for sev, m in state.logs if sev == 3]
     check(len(errors) == 1 and "keeping the loaded table" in errors[0], f"error logs: {state.logs}")
+    check(state.metric("table_rejects") == 1, f"rejects: {state.metrics()}")
     write_table(table, encode(TABLE_V2))
+    check(wait_until(lambda: role_of(state, "9.9.9.9") == "entry"), "reloaded")
     got = state.extract(connect_x("10.0.0.5", "9.9.9.9"))
-    check(got.get("tor.server_is_entry") is True and got.get("tor.fingerprint") == NEW_RELAY, f"reloaded: {got}")
-    check(got.get("tor.table_loads") == 2 and "tor.nickname" not in got, f"reloaded: {got}")
+    check(got.get("tor.fingerprint") == NEW_RELAY and "tor.nickname" not in got, f"reloaded: {got}")
+    check(state.metric("table_loads") == 2, f"loads: {state.metrics()}")
+    check(state.metric("table_age_s") is not None, f"age after reload: {state.metrics()}")
     got = state.extract(connect_x("10.0.0.5", "5.5.5.5"))
     check(got.get("tor.server_role") == "none", f"removed relay: {got}")
     os.unlink(table)
-    state.extract(good)
-    state.extract(good)
+    check(wait_until(lambda: any("is gone" in m for _, m in state.logs)), f"missing file: {state.logs}")
+    time.sleep(0.05)
     check(sum("is gone" in m for _, m in state.logs) == 1, f"missing file: {state.logs}")
     check(state.extract(connect_x("10.0.0.5", "9.9.9.9")).get("tor.server_is_entry") is True, "kept while missing")
     write_table(table, encode(TABLE_V1))
-    check(state.extract(good).get("tor.table_loads") == 3, "back")
+    check(wait_until(lambda: role_of(state, "5.5.5.5") == "entry"), "back")
+    check(state.metric("table_loads") == 3, f"loads: {state.metrics()}")
+    reload_threads = {t for t, (_, m) in zip(state.log_threads, state.logs, strict=True) if "reloaded" in m}
+    check(bool(reload_threads) and threading.get_ident() not in reload_threads, "reloads off the extraction thread")
     # a second state is independent (the framework may run one per thread)
     other = plugin.init(config(table, 3600))
-    check(other.rc == SUCCESS and other.extract(good).get("tor.table_loads") == 1, "second state")
+    check(other.rc == SUCCESS and role_of(other, "5.5.5.5") == "entry", "second state")
+    check(other.metric("table_loads") == 1, f"second state: {other.metrics()}")
     other.close()
     state.close()
     return failures
 
 
+def fifo_scenario(plugin: Plugin, workdir: Path) -> list[str]:
+    """A FIFO at the table path, at init and swapped in for a reload: nothing blocks, the table in use stays."""
+    failures: list[str] = []
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            failures.append(what)
+
+    table = workdir / "tor.table"
+    os.mkfifo(table)
+    state, blocked = bounded(lambda: plugin.init(config(table)), table)
+    check(not blocked, "plugin_init blocked on a FIFO at the table path")
+    if state is not None:
+        check(
+            state.rc == FAILURE and "is not a regular file" in state.last_error, f"init on a FIFO: {state.last_error}"
+        )
+        state.close()
+
+    atomic_write(table, encode(TABLE_V1))  # write_table would compare with the FIFO first, reading it
+    state = plugin.init(config(table))
+    check(state.rc == SUCCESS, f"init: {state.last_error}")
+    replace_with_fifo(table)
+    for _ in range(20):  # extraction goes on while the loader meets the FIFO
+        role, blocked = bounded(lambda: role_of(state, "5.5.5.5"), table)
+        if blocked:
+            failures.append("extraction blocked on a FIFO swapped in at the table path")
+            break
+        check(role == "entry", f"table kept while a FIFO is at the path: {role}")
+        time.sleep(0.005)
+    check(wait_until(lambda: "is not a regular file" in state.last_error), f"last error: {state.last_error}")
+    time.sleep(0.05)  # some fifty more checks of the same FIFO
+    complaints = [m for _, m in state.logs if "is not a regular file" in m]
+    check(len(complaints) == 1 and "keeping the loaded table" in complaints[0], f"logs: {state.logs}")
+    check(state.metric("table_rejects") == 1, f"rejects: {state.metrics()}")
+    atomic_write(table, encode(TABLE_V2))  # the loader is not stuck: the next good table is taken
+    check(wait_until(lambda: role_of(state, "9.9.9.9") == "entry"), "no reload after the FIFO")
+    check(state.metric("table_loads") == 2, f"loads: {state.metrics()}")
+    _, blocked = bounded(state.close, table)
+    check(not blocked, "plugin_destroy blocked")
+    return failures
+
+
+def size_limit_scenario(plugin: Plugin, workdir: Path, *, measure_memory: bool = True) -> list[str]:
+    """A sparse table file one byte over the limit, at init and swapped in: refused unread, memory not grown.
+
+    ``measure_memory``: compare the process's peak RSS before and after (not under AddressSanitizer).
+    """
+    failures: list[str] = []
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            failures.append(what)
+
+    limit_message = f"more than the {MAX_BYTES}-byte limit"
+    slack_kb = 16 * 1024  # far below the 64 MiB a read would cost
+    table = workdir / "tor.table"
+    replace_with_sparse(table, MAX_BYTES + 1)
+    before = reset_peak_rss() if measure_memory else 0
+    state = plugin.init(config(table))
+    check(state.rc == FAILURE and limit_message in state.last_error, f"init on a huge file: {state.last_error}")
+    if measure_memory:
+        check(peak_rss_kb() - before < slack_kb, f"init read the huge file: peak RSS +{peak_rss_kb() - before} KiB")
+    state.close()
+
+    write_table(table, encode(TABLE_V1))
+    state = plugin.init(config(table))
+    check(state.rc == SUCCESS, f"init: {state.last_error}")
+    before = reset_peak_rss() if measure_memory else 0
+    replace_with_sparse(table, MAX_BYTES + 1)
+    check(wait_until(lambda: limit_message in state.last_error), f"last error: {state.last_error}")
+    check(role_of(state, "5.5.5.5") == "entry", "table kept while a huge file is at the path")
+    if measure_memory:
+        check(peak_rss_kb() - before < slack_kb, f"reload read the huge file: peak RSS +{peak_rss_kb() - before} KiB")
+    check(state.metric("table_rejects") == 1 and state.metric("table_loads") == 1, f"metrics: {state.metrics()}")
+    state.close()
+    return failures
+
+
+def big_table(marker: str, count: int) -> Table:
+    """A valid table of ``count`` entry addresses from 20.0.0.0 up, plus ``marker`` (an entry relay)."""
+    base = int(ipaddress.IPv4Address("20.0.0.0"))
+    entries = [TableEntry(ipaddress.IPv4Address(base + 3 * i), ENTRY | RELAY, GUARD, "guardian") for i in range(count)]
+    entries.append(TableEntry(ipaddress.ip_address(marker), ENTRY | RELAY, NEW_RELAY, "marker"))
+    return Table(tuple(sorted(entries, key=lambda e: int(e.address))), published=1_700_000_000)
+
+
+def swap_under_load_scenario(plugin: Plugin, workdir: Path, *, count: int = 250_000, swaps: int = 6) -> list[str]:
+    """Valid tables of ``count`` addresses replaced ``swaps`` times while this thread extracts without pause.
+
+    Every extraction must succeed and answer from one whole table (the marker address of table A or B is an entry
+    relay, the other none), the last table written must win, and every reload must be logged from a thread other
+    than the extracting one: reading and checking a table happens off the extraction path. The tables are
+    replaced by a child process (copy, then rename), so that no thread of this process competes for the GIL
+    with the extracting one; the times per extraction printed at the end are for information, not asserted.
+    """
+    failures: list[str] = []
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            failures.append(what)
+
+    table = workdir / "tor.table"
+    order = ["9.9.0.2", "9.9.0.1"] * (swaps // 2)
+    for marker in set(order):
+        (workdir / f"{marker}.table").write_bytes(encode(big_table(marker, count)))
+    write_table(table, (workdir / "9.9.0.1.table").read_bytes())
+    state = plugin.init(config(table))
+    check(state.rc == SUCCESS, f"init: {state.last_error}")
+    script = (
+        "import os, shutil, sys, time\n"
+        "table = sys.argv[1]\n"
+        "for image in sys.argv[2:]:\n"
+        "    time.sleep(0.03)\n"
+        "    shutil.copyfile(image, table + '.tmp')\n"
+        "    os.replace(table + '.tmp', table)\n"
+    )
+    images = [str(workdir / f"{marker}.table") for marker in order]
+    feeder = subprocess.Popen([sys.executable, "-c", script, str(table), *images])
+    calls, times = 0, []
+    while feeder.poll() is None or calls < 100:
+        a, b = connect_x("10.0.0.5", "9.9.0.1"), connect_x("10.0.0.5", "9.9.0.2")
+        started = time.perf_counter()
+        try:
+            got_a = state.extract(a, ["tor.server_role", "tor.fingerprint"])
+            got_b = state.extract(b, ["tor.server_role", "tor.fingerprint"])
+        except RuntimeError as exc:
+            failures.append(str(exc))
+            break
+        times.append((time.perf_counter() - started) / 2)
+        calls += 2
+        roles = (got_a.get("tor.server_role"), got_b.get("tor.server_role"))
+        # a swap may fall between the two calls: each answer alone must come from table A or table B
+        check(roles[0] in ("entry", "none") and roles[1] in ("entry", "none"), f"roles {roles}")
+        for got in (got_a, got_b):
+            check((got.get("tor.server_role") == "entry") == ("tor.fingerprint" in got), f"torn answer {got}")
+    check(feeder.wait(timeout=60) == 0, "the table writer failed")
+    last = order[-1]
+    check(wait_until(lambda: role_of(state, last) == "entry"), "the last table written is not in use")
+    other = "9.9.0.1" if last == "9.9.0.2" else "9.9.0.2"
+    check(role_of(state, other) == "none", "the other marker is still known")
+    loads = state.metric("table_loads") or 0
+    check(2 <= loads <= swaps + 1, f"loads: {state.metrics()}")
+    reload_threads = {t for t, (_, m) in zip(state.log_threads, state.logs, strict=True) if "reloaded" in m}
+    check(bool(reload_threads) and threading.get_ident() not in reload_threads, "a reload ran on the extraction thread")
+    state.close()
+    times.sort()
+    median, p99, worst = (times[len(times) // 2] * 1e3, times[len(times) * 99 // 100] * 1e3, times[-1] * 1e3)
+    print(
+        f"swap under load: {calls} extractions, {loads} loads; ms per extraction: median {median:.3f}, "
+        f"p99 {p99:.3f}, max {worst:.3f}",
+        file=sys.stderr,
+    )
+    return failures
+
+
+def run_all(plugin: Plugin, workdir: Path, *, measure_memory: bool = True) -> list[str]:
+    """Every scenario, each in a folder of its own."""
+    failures: list[str] = []
+    scenarios: list[tuple[str, Callable[[Path], list[str]]]] = [
+        ("run", lambda d: run_scenario(plugin, d)),
+        ("fifo", lambda d: fifo_scenario(plugin, d)),
+        ("size", lambda d: size_limit_scenario(plugin, d, measure_memory=measure_memory)),
+        ("swap", lambda d: swap_under_load_scenario(plugin, d, count=20_000)),
+    ]
+    for name, scenario in scenarios:
+        folder = workdir / name
+        folder.mkdir()
+        failures.extend(f"{name}: {f}" for f in scenario(folder))
+    return failures
+
+
 if __name__ == "__main__":  # python -m tests.support.plugin_abi LIBRARY WORKDIR
-    problems = run_scenario(Plugin(Path(sys.argv[1])), Path(sys.argv[2]))
+    problems = run_all(Plugin(Path(sys.argv[1])), Path(sys.argv[2]), measure_memory=False)
     print(json.dumps(problems))
     sys.exit(1 if problems else 0)

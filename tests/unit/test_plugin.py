@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import os
 import random
 import re
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -23,23 +25,36 @@ from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RELAY_RULE, OUTBOUND_
 from tor_sets.falco.load import load_rules
 from tor_sets.plugin import falco_config, plugin_rules_text, rule_families, source_bytes, table_bytes
 from tor_sets.plugin.replay import init_config, rules_condition
-from tor_sets.plugin.rules import FIELDS, PLUGIN_NAME, PLUGIN_VERSION, ROLE_CONDITIONS
+from tor_sets.plugin.rules import (
+    DEFAULT_CONFIG_NAME,
+    EVENT_SCHEMA_VERSION,
+    FIELDS,
+    METRICS,
+    MIN_ENGINE_VERSION,
+    PLUGIN_NAME,
+    PLUGIN_VERSION,
+    REQUIRED_API_VERSION,
+    ROLE_CONDITIONS,
+)
 from tor_sets.plugin.table import (
     ENTRY,
     EXIT,
     HEADER_SIZE,
+    MAX_BYTES,
     RELAY,
     Table,
     TableEntry,
     decode,
     encode,
     make_table,
+    read_table,
     role_names,
     write_table,
 )
 from tor_sets.relays import Relay, RelaySets, Role, Snapshot
 
 ip = ipaddress.ip_address
+REPO = Path(__file__).parent.parent.parent
 
 
 def relay(fp: str, nick: str, *addresses: str, flags: str = "", exits: tuple[str, ...] = ()) -> Relay:
@@ -275,7 +290,8 @@ def test_plugin_rules_mirror_the_list_rules(bundled: Snapshot) -> None:
     assert list(plugin.rules) == list(lists.rules) == [OUTBOUND_RULE, INBOUND_RULE]
     assert not plugin.lists and not plugin.warnings
     assert [(p.name, p.version) for p in plugin.required_plugin_versions] == [(PLUGIN_NAME, PLUGIN_VERSION)]
-    assert plugin.required_engine_version == "0.50.0"  # the list rules' (Falco 0.41), above the plugin's 0.40.0
+    assert plugin.required_engine_version == "0.50.0"  # the list rules' (Falco 0.41), above the plugin's
+    assert MIN_ENGINE_VERSION == "0.43.0"
     outbound, inbound = plugin.rules[OUTBOUND_RULE], plugin.rules[INBOUND_RULE]
     # the tuning macro, (never_true) by default, is the same as the list rules'
     untuned = " and not ((((evt.num=0))))"
@@ -313,9 +329,25 @@ def test_plugin_fields_match_the_c_source() -> None:
     source = source_bytes().decode()
     assert f'#define TORSETS_VERSION "{PLUGIN_VERSION}"' in source
     assert f'#define TORSETS_NAME "{PLUGIN_NAME}"' in source
+    assert f'#define TORSETS_REQUIRED_API "{REQUIRED_API_VERSION}"' in source
+    assert f'#define TORSETS_EVENT_SCHEMA "{EVENT_SCHEMA_VERSION}"' in source
+    assert "#define TABLE_MAX_BYTES (64u * 1024u * 1024u)" in source and MAX_BYTES == 64 * 1024 * 1024
     assert re.findall(r'\\"name\\":\\"(tor\.[a-z_]+)\\"', source) == list(FIELDS)
+    assert re.findall(r'set_metric\(&metrics_out\[\d\], "([a-z_]+)"', source) == list(METRICS)
     used = {f for condition in ROLE_CONDITIONS.values() for f in re.findall(r"tor\.[a-z_]+", condition)}
     assert used <= set(FIELDS)
+
+
+def test_no_plugin_field_is_a_suggested_output() -> None:
+    """Issue 12: with addOutput, Falco's default append_output adds the field to every syscall rule's alert."""
+    assert "addOutput" not in source_bytes().decode()
+
+
+def test_plugin_rules_print_each_field_once(bundled: Snapshot) -> None:
+    for rule in load_rules(plugin_rules_text(build(bundled))).rules.values():
+        fields = re.findall(r"%([a-z0-9_.]+)", rule.output)
+        assert len(fields) == len(set(fields)), rule.output
+        assert {f for f in fields if f.startswith("tor.")} == {"tor.remote_role", "tor.fingerprint", "tor.nickname"}
 
 
 def test_rules_condition_or_s_every_rule(bundled: Snapshot) -> None:
@@ -324,9 +356,10 @@ def test_rules_condition_or_s_every_rule(bundled: Snapshot) -> None:
 
 
 def test_falco_config() -> None:
+    """A config.d drop-in: only torsets in load_plugins (Falco appends it to the container drop-in's list)."""
     document = yaml.safe_load(falco_config(library="/opt/libtorsets.so", table="/t", check_interval_s=0.5))
     assert document == {
-        "load_plugins": ["container", "torsets"],
+        "load_plugins": ["torsets"],
         "plugins": [
             {
                 "name": "torsets",
@@ -344,9 +377,42 @@ def test_falco_config() -> None:
 
 
 def test_cli_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plugin", "config", "--table", "/var/lib/tor.table", "--check-interval", "10"]) == 0
+    assert main(["plugin", "config", "-o", "-", "--table", "/var/lib/tor.table", "--check-interval", "10"]) == 0
     document = yaml.safe_load(capsys.readouterr().out)
     assert document["plugins"][0]["init_config"] == {"table": "/var/lib/tor.table", "check_interval_s": 10}
+
+
+def test_cli_config_writes_a_drop_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drop_in = tmp_path / "config.d" / DEFAULT_CONFIG_NAME
+    assert main(["plugin", "config", "-o", str(drop_in), "--table", "/t"]) == 0
+    assert drop_in.read_text() == falco_config(table="/t")
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"wrote {drop_in}" in captured.err
+    assert main(["plugin", "config", "-o", str(drop_in), "--table", "/t"]) == 0
+    assert f"unchanged {drop_in}" in capsys.readouterr().err
+    assert [p.name for p in drop_in.parent.iterdir()] == [DEFAULT_CONFIG_NAME]  # no temporary file left
+    monkeypatch.chdir(tmp_path)
+    assert main(["plugin", "config"]) == 0  # default: the drop-in's name in the current folder
+    assert yaml.safe_load((tmp_path / DEFAULT_CONFIG_NAME).read_text())["load_plugins"] == ["torsets"]
+
+
+def test_drop_in_merges_the_way_falco_044_does(tmp_path: Path) -> None:
+    """Falco 0.44.1 (userspace/engine/yaml_helper.h, include_config_file, default strategy append): a drop-in's
+    sequences are appended to falco.yaml's, files of config.d in name order. Replayed here on the release's own
+    files (falco.yaml's load_plugins [] and plugins [container]; config/falco.container_plugin.yaml)."""
+    main_config = {"load_plugins": [], "plugins": [{"name": "container", "library_path": "libcontainer.so"}]}
+    drop_ins = {
+        "falco.container_plugin.yaml": "load_plugins: [container]\n",
+        DEFAULT_CONFIG_NAME: falco_config(),
+    }
+    merged = dict(main_config)
+    for name in sorted(drop_ins):
+        for key, value in yaml.safe_load(drop_ins[name]).items():
+            merged[key] = [*merged.get(key, []), *value] if isinstance(value, list) else value
+    assert merged["load_plugins"] == ["container", "torsets"]  # each once: Falco refuses a plugin loaded twice
+    assert [p["name"] for p in merged["plugins"]] == ["container", "torsets"]
 
 
 def test_cli_table_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str], bundled: Snapshot) -> None:
@@ -365,6 +431,54 @@ def test_cli_table_and_inspect(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert re.fullmatch(r"[0-9A-F]{40}", document["lookup"][address]["fingerprint"])
 
 
+def test_decode_refuses_more_than_the_limit() -> None:
+    with pytest.raises(TorSetsError, match=f"more than the {MAX_BYTES}-byte limit"):
+        decode(_good() + bytes(MAX_BYTES))
+
+
+def test_read_table_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    """Issue 13.1, the Python reader (``plugin inspect``): a FIFO is refused before it is opened."""
+    fifo = tmp_path / "tor.table"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | bytes] = []
+
+    def read() -> None:
+        try:
+            outcome.append(read_table(fifo))
+        except TorSetsError as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # blocked in open(): a writer releases it, then the test fails
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+        pytest.fail("read_table blocked on a FIFO")
+    assert isinstance(outcome[0], TorSetsError) and "is not a regular file" in str(outcome[0])
+
+
+def test_read_table_refuses_a_huge_sparse_file(tmp_path: Path) -> None:
+    huge = tmp_path / "tor.table"
+    with open(huge, "wb") as out:
+        out.truncate(MAX_BYTES + 1)
+    with pytest.raises(TorSetsError, match=f"{MAX_BYTES + 1} bytes, more than the {MAX_BYTES}-byte limit"):
+        read_table(huge)
+    good = tmp_path / "good.table"
+    good.write_bytes(_good())
+    assert read_table(good) == _good()
+
+
+def test_cli_inspect_refuses_a_huge_file_unread(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    huge = tmp_path / "tor.table"
+    with open(huge, "wb") as out:
+        out.truncate(MAX_BYTES + 1)
+    assert main(["plugin", "inspect", str(huge)]) == 3
+    assert capsys.readouterr().err == (
+        f"tor-sets: error: {huge} has {MAX_BYTES + 1} bytes, more than the {MAX_BYTES}-byte limit of a table\n"
+    )
+
+
 def test_cli_inspect_bad_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.table"
     bad.write_bytes(b"garbage")
@@ -375,3 +489,12 @@ def test_cli_inspect_bad_table(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_cli_build_without_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plugin", "build", "-o", str(tmp_path), "--include", str(tmp_path)]) == 3
     assert "has no plugin/plugin_api.h" in capsys.readouterr().err
+
+
+def test_docs_state_the_measured_table_size_and_the_limit(bundled: Snapshot) -> None:
+    """docs/plugin.md names the size of the bundled snapshot's table and the limit: both must stay true."""
+    docs = (REPO / "docs" / "plugin.md").read_text()
+    stated = re.search(r"The bundled snapshot gives a table of ([\d,]+) bytes", docs)
+    assert stated is not None
+    assert int(stated[1].replace(",", "")) == len(table_bytes(build(bundled), bundled))
+    assert f"more than the {MAX_BYTES}-byte limit" in docs and f"({MAX_BYTES:,} bytes)" in docs

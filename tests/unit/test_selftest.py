@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from tor_sets.errors import SanityError
-from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
 from tor_sets.falco.alerts import alert_json
+from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
 from tor_sets.falco.load import load_rules
 from tor_sets.scap import MIN_GAP_NS
 from tor_sets.selftest import (

@@ -3,7 +3,7 @@
 Subcommands:
 
 * ``build [-o DIR]``: compile ``libtorsets.so`` with gcc against the Falco plugin API header; prints its path.
-* ``config``: print the ``falco.yaml`` snippet that loads the plugin.
+* ``config [-o PATH]``: write the Falco ``config.d`` drop-in that loads the plugin (``-o -``: print it).
 * ``table [-o FILE]``: write the plugin's table (with fingerprints and nicknames) from the relay directory,
   atomically, so that a running plugin picks it up; takes the relay-data and rules options of ``build``.
 * ``inspect FILE [--lookup ADDRESS]``: check a table as the plugin would and print a JSON summary.
@@ -41,7 +41,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--cc", metavar="CC", help="C compiler (default: $CC or gcc)")
     p.set_defaults(func=_run_build)
 
-    p = commands.add_parser("config", help="print the falco.yaml snippet", description="Print the falco.yaml snippet.")
+    p = commands.add_parser(
+        "config",
+        help="write the Falco config.d drop-in that loads the plugin",
+        description="Write the Falco config.d drop-in (load_plugins: [torsets] and its plugins entry), atomically. "
+        "Put it in /etc/falco/config.d: Falco 0.41+ appends its lists to those of falco.yaml and the other drop-ins.",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="PATH",
+        help="where to write (default: ./falco.torsets_plugin.yaml; - for stdout), e.g. "
+        "/etc/falco/config.d/falco.torsets_plugin.yaml",
+    )
     p.add_argument("--library", default=None, metavar="PATH", help="installed libtorsets.so")
     p.add_argument("--table", default=None, metavar="PATH", help="where the table is written")
     p.add_argument("--check-interval", type=float, default=None, metavar="S", help="seconds between reload checks")
@@ -91,17 +104,28 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _run_config(args: argparse.Namespace) -> int:
-    from tor_sets.plugin.rules import DEFAULT_CHECK_INTERVAL_S, DEFAULT_LIBRARY, DEFAULT_TABLE, falco_config
+    from tor_sets.build import write_rules
+    from tor_sets.plugin.rules import (
+        DEFAULT_CHECK_INTERVAL_S,
+        DEFAULT_CONFIG_NAME,
+        DEFAULT_LIBRARY,
+        DEFAULT_TABLE,
+        falco_config,
+    )
 
     if args.check_interval is not None and args.check_interval < 0:
         raise TorSetsError("--check-interval must not be negative")
-    sys.stdout.write(
-        falco_config(
-            library=args.library or DEFAULT_LIBRARY,
-            table=args.table or DEFAULT_TABLE,
-            check_interval_s=DEFAULT_CHECK_INTERVAL_S if args.check_interval is None else args.check_interval,
-        )
+    text = falco_config(
+        library=args.library or DEFAULT_LIBRARY,
+        table=args.table or DEFAULT_TABLE,
+        check_interval_s=DEFAULT_CHECK_INTERVAL_S if args.check_interval is None else args.check_interval,
     )
+    output = args.output or DEFAULT_CONFIG_NAME
+    if output == "-":
+        sys.stdout.write(text)
+        return 0
+    changed = write_rules(Path(output), text)
+    log.info("%s %s: the config.d drop-in that loads the plugin", "wrote" if changed else "unchanged", output)
     return 0
 
 
@@ -123,12 +147,9 @@ def _run_table(args: argparse.Namespace) -> int:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from tor_sets.plugin.table import decode, role_names, summary
+    from tor_sets.plugin.table import decode, read_table, role_names, summary
 
-    try:
-        data = args.table.read_bytes()
-    except OSError as exc:
-        raise TorSetsError(f"cannot read {args.table}: {exc.strerror or exc}") from exc
+    data = read_table(args.table)
     table = decode(data)
     document: dict[str, object] = {"schema": 1, "table": str(args.table), "bytes": len(data), **summary(table)}
     lookups: dict[str, object] = {}

@@ -10,7 +10,7 @@ What this package exports:
   that use the plugin's fields), the two outputs of ``tor-sets build --format plugin-table|falco-plugin``;
 * the table model and codec (:mod:`tor_sets.plugin.table`): :class:`Table`, :class:`TableEntry`,
   :func:`make_table`, :func:`encode`, :func:`decode`;
-* :func:`falco_config` (the ``falco.yaml`` snippet), :func:`compile_plugin` (gcc → ``libtorsets.so``);
+* :func:`falco_config` (the Falco ``config.d`` drop-in), :func:`compile_plugin` (gcc → ``libtorsets.so``);
 * :func:`replay` (sid's sysdig with the plugin loaded) for verification and benchmarks.
 
 Example::

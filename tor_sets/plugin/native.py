@@ -26,7 +26,7 @@ __all__ = ["CFLAGS", "LIBRARY_NAME", "SOURCE_NAME", "compile_plugin", "find_incl
 
 SOURCE_NAME = "torsets_plugin.c"
 LIBRARY_NAME = "libtorsets.so"
-#: C11, every warning an error, exported symbols limited to the plugin API
+#: C11, every warning an error, POSIX threads (the table loader), exported symbols limited to the plugin API
 CFLAGS: tuple[str, ...] = (
     "-std=c11",
     "-O2",
@@ -36,6 +36,7 @@ CFLAGS: tuple[str, ...] = (
     "-Werror",
     "-fPIC",
     "-shared",
+    "-pthread",
     "-fvisibility=hidden",
 )
 _HEADER = Path("plugin") / "plugin_api.h"

@@ -7,7 +7,7 @@ Exports :class:`PluginSpec` (library, table, check interval), :func:`init_config
 :func:`replay` is :meth:`tor_sets.engines.sysdig.SysdigModern.filter` plus ``-H``: the same chroot, scratch
 folder under ``ROOT/tmp``, Lua chisel (no limit on the condition's length), output parsing and error mapping,
 built from the public pieces of :mod:`tor_sets.engines.base`. Only the modern engine is supported: the 2022
-sysdig predates the plugin API this plugin needs (3.3.0).
+sysdig predates the plugin API this plugin needs (3.6.0).
 """
 
 from __future__ import annotations

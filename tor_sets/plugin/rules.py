@@ -1,8 +1,9 @@
 """Falco rules and configuration for the tor-sets plugin.
 
 Exports :func:`plugin_rules_file` (the rules model), :func:`plugin_rules_text` (its YAML, with
-``required_plugin_versions``), :func:`falco_config` (the ``falco.yaml`` snippet that loads the plugin) and the
-plugin's identity :data:`PLUGIN_NAME`, :data:`PLUGIN_VERSION`.
+``required_plugin_versions``), :func:`falco_config` (the ``config.d`` drop-in that loads the plugin) and the
+plugin's identity: :data:`PLUGIN_NAME`, :data:`PLUGIN_VERSION`, :data:`REQUIRED_API_VERSION`,
+:data:`EVENT_SCHEMA_VERSION`, its fields :data:`FIELDS` and metrics :data:`METRICS`.
 
 The plugin rules mirror the list-based ones of :func:`tor_sets.falco.generate.generate` item by item: the same
 rule names (so verification labels and users' exceptions keep working), the same tuning macros (users' tuning
@@ -19,7 +20,8 @@ The relay addresses live in the plugin's table (:mod:`tor_sets.plugin.table`), w
 the file is replaced: refreshing detection never touches the rules. Load either these rules or the list-based
 ones, not both (they define the same names).
 
-Falco configuration: https://falco.org/docs/plugins/usage/ (``load_plugins``, ``plugins``), rules files:
+Falco configuration: https://falco.org/docs/plugins/usage/ (``load_plugins``, ``plugins``) and ``config_files``
+in Falco's falco.yaml (drop-ins in ``/etc/falco/config.d``, lists appended since Falco 0.41); rules files:
 https://falco.org/docs/reference/rules/ (``required_plugin_versions``).
 """
 
@@ -39,12 +41,16 @@ from tor_sets.relays import Role
 
 __all__ = [
     "DEFAULT_CHECK_INTERVAL_S",
+    "DEFAULT_CONFIG_NAME",
     "DEFAULT_LIBRARY",
     "DEFAULT_TABLE",
+    "EVENT_SCHEMA_VERSION",
     "FIELDS",
+    "METRICS",
     "MIN_ENGINE_VERSION",
     "PLUGIN_NAME",
     "PLUGIN_VERSION",
+    "REQUIRED_API_VERSION",
     "ROLE_CONDITIONS",
     "falco_config",
     "plugin_rules_file",
@@ -54,12 +60,18 @@ __all__ = [
 #: the plugin's name (``plugin_get_name``), as ``load_plugins`` and ``required_plugin_versions`` spell it
 PLUGIN_NAME = "torsets"
 #: the plugin's version (``plugin_get_version``); ``torsets_plugin.c`` must say the same
-PLUGIN_VERSION = "0.1.0"
+PLUGIN_VERSION = "0.2.0"
+#: ``plugin_get_required_api_version``: the first plugin API whose framework calls ``plugin_get_metrics``
+REQUIRED_API_VERSION = "3.6.0"
+#: ``plugin_get_required_event_schema_version``: the lowest event schema 4.x (Falco 0.42, the first to check it)
+EVENT_SCHEMA_VERSION = "4.0.0"
 DEFAULT_LIBRARY = "/usr/share/falco/plugins/libtorsets.so"
 DEFAULT_TABLE = "/etc/falco/tor.table"
 DEFAULT_CHECK_INTERVAL_S = 5.0
-#: the plugin needs plugin API 3.3.0 (Falco 0.38, engine version 0.40.0) or later
-MIN_ENGINE_VERSION = "0.40.0"
+#: the file name of the drop-in in Falco's ``config.d`` (after upstream's ``falco.container_plugin.yaml``)
+DEFAULT_CONFIG_NAME = "falco.torsets_plugin.yaml"
+#: the plugin needs plugin API 3.6.0 (Falco 0.39, engine version 0.43.0) or later
+MIN_ENGINE_VERSION = "0.43.0"
 
 #: the plugin's fields in the order ``plugin_get_fields`` lists them (their ids)
 FIELDS: tuple[str, ...] = (
@@ -75,9 +87,9 @@ FIELDS: tuple[str, ...] = (
     "tor.is_relay",
     "tor.fingerprint",
     "tor.nickname",
-    "tor.table_age",
-    "tor.table_loads",
 )
+#: the plugin's metrics (``plugin_get_metrics``); Falco names them ``plugins.torsets.NAME``
+METRICS: tuple[str, ...] = ("table_loads", "table_rejects", "table_age_s")
 #: role macro name → the plugin condition that replaces its address lists
 ROLE_CONDITIONS: dict[str, str] = {
     "tor_entry_relay_server": "tor.server_is_entry = true",
@@ -88,9 +100,9 @@ _ROLE_OF_RULE = {OUTBOUND_RULE: Role.ENTRY, OUTBOUND_RELAY_RULE: Role.RELAY, INB
 _ROLE_MACRO = {Role.ENTRY: "tor_entry_relay_server", Role.RELAY: "tor_relay_server", Role.EXIT: "tor_exit_relay_client"}
 _PLUGIN_OUTPUT = " tor_role=%tor.remote_role tor_fingerprint=%tor.fingerprint tor_nickname=%tor.nickname"
 _CONFIG_HEADER = (
-    "# tor-sets plugin: tor.* fields for syscall events. Merge into falco.yaml: add torsets to the\n"
-    "# load_plugins you already have (Falco 0.41+ loads container, which the rule outputs use) and this\n"
-    "# entry to plugins.\n"
+    "# tor-sets plugin: tor.* fields for syscall events. A Falco config.d drop-in: Falco 0.41+ appends its\n"
+    "# load_plugins and plugins to those of falco.yaml and of the other drop-ins (container keeps loading).\n"
+    "# Do not also list torsets in falco.yaml. See docs/plugin.md of tor-sets.\n"
 )
 _SEMVER = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
@@ -168,7 +180,11 @@ def falco_config(
     table: str = DEFAULT_TABLE,
     check_interval_s: float = DEFAULT_CHECK_INTERVAL_S,
 ) -> str:
-    """The ``falco.yaml`` snippet that loads the plugin next to Falco's own ``container`` plugin.
+    """The Falco ``config.d`` drop-in that loads the plugin: ``load_plugins: [torsets]`` and its ``plugins`` entry.
+
+    Only ``torsets`` is listed: under Falco's default merge (``append``, Falco 0.41 and later) both lists are
+    appended to what ``falco.yaml`` and the other drop-ins hold, so upstream's ``falco.container_plugin.yaml``
+    keeps ``container`` loaded; listing ``container`` here as well would load it twice, which Falco refuses.
 
     Args:
         library: where the plugin's shared library is installed.
@@ -176,11 +192,10 @@ def falco_config(
         check_interval_s: seconds between the plugin's checks for a replaced table.
 
     >>> print(falco_config(table="/etc/falco/tor.table"), end="")
-    # tor-sets plugin: tor.* fields for syscall events. Merge into falco.yaml: add torsets to the
-    # load_plugins you already have (Falco 0.41+ loads container, which the rule outputs use) and this
-    # entry to plugins.
+    # tor-sets plugin: tor.* fields for syscall events. A Falco config.d drop-in: Falco 0.41+ appends its
+    # load_plugins and plugins to those of falco.yaml and of the other drop-ins (container keeps loading).
+    # Do not also list torsets in falco.yaml. See docs/plugin.md of tor-sets.
     load_plugins:
-    - container
     - torsets
     plugins:
     - name: torsets
@@ -193,7 +208,7 @@ def falco_config(
         raise ValueError("check_interval_s must not be negative")
     interval: float | int = int(check_interval_s) if float(check_interval_s).is_integer() else check_interval_s
     document = {
-        "load_plugins": ["container", PLUGIN_NAME],
+        "load_plugins": [PLUGIN_NAME],
         "plugins": [
             {
                 "name": PLUGIN_NAME,
@@ -202,5 +217,4 @@ def falco_config(
             }
         ],
     }
-    text = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=118)
-    return _CONFIG_HEADER + text
+    return _CONFIG_HEADER + _dump(document)

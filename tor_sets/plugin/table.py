@@ -2,8 +2,9 @@
 
 Exports :class:`TableEntry`, :class:`Table`, :func:`make_table` (relay sets and relays → table, pure),
 :func:`encode` (table → bytes, deterministic), :func:`decode` (bytes → table, every check the C loader makes),
-:func:`write_table` (atomic replace, what the plugin's reload expects), :func:`summary`, :func:`role_names`
-and the role bits :data:`ENTRY`, :data:`EXIT`, :data:`RELAY`.
+:func:`read_table` (a file → its bytes, refusing what the plugin refuses before reading), :func:`write_table` (atomic
+replace, what the plugin's reload expects), :func:`summary`, :func:`role_names`, the role bits :data:`ENTRY`,
+:data:`EXIT`, :data:`RELAY` and :data:`MAX_BYTES`, the largest table the plugin reads.
 
 Format, version 1 (little-endian; ``torsets_plugin.c`` reads the same layout and makes the same checks)::
 
@@ -38,7 +39,9 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import os
 import re
+import stat
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
@@ -54,6 +57,7 @@ __all__ = [
     "ENTRY",
     "EXIT",
     "MAGIC",
+    "MAX_BYTES",
     "NO_RELAY",
     "RELAY",
     "VERSION",
@@ -62,6 +66,7 @@ __all__ = [
     "decode",
     "encode",
     "make_table",
+    "read_table",
     "role_names",
     "summary",
     "write_table",
@@ -74,6 +79,8 @@ ENTRY = 1
 EXIT = 2
 RELAY = 4
 NO_RELAY = 0xFFFFFFFF
+#: the largest table file the plugin reads (``TABLE_MAX_BYTES`` in torsets_plugin.c); real ones are under 1 MiB
+MAX_BYTES = 64 * 1024 * 1024
 
 _HEADER = struct.Struct("<8sHHIIIIIQq16s")
 _V4 = struct.Struct("<III")
@@ -259,6 +266,8 @@ def decode(data: bytes) -> Table:
     """
     if len(data) < HEADER_SIZE:
         raise TorSetsError(f"not a tor-sets table: {len(data)} bytes is shorter than the header")
+    if len(data) > MAX_BYTES:
+        raise TorSetsError(f"not a tor-sets table: {len(data)} bytes, more than the {MAX_BYTES}-byte limit")
     magic, version, header_size, flags, n4, n6, nrelays, crc, size, published, reserved = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise TorSetsError("not a tor-sets table (bad magic)")
@@ -316,6 +325,33 @@ def summary(table: Table) -> Mapping[str, object]:
     by_role = {name: sum(1 for e in table.entries if e.roles & bit) for name, bit in (("entry", ENTRY), ("exit", EXIT))}
     published = datetime.fromtimestamp(table.published, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if table.published else None
     return {"addresses": counts["ipv4"] + counts["ipv6"], **counts, **by_role, "relays_published": published}
+
+
+def read_table(path: Path | str) -> bytes:
+    """The bytes of the table file at ``path``, refusing before reading what the plugin refuses before reading.
+
+    Like the plugin: only a regular file (symbolic links followed) of at most :data:`MAX_BYTES`, opened without
+    blocking, so that a FIFO or a huge sparse file at the path neither hangs nor bloats the reader.
+
+    Raises:
+        TorSetsError: the file is missing, not a regular file, too big or unreadable.
+    """
+    path = Path(path)
+    try:
+        _check_table_file(path, path.stat())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            _check_table_file(path, os.fstat(handle.fileno()))  # the file opened, should the path have changed
+            return handle.read(MAX_BYTES + 1)  # a file grown since: decode refuses it
+    except OSError as exc:
+        raise TorSetsError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _check_table_file(path: Path, status: os.stat_result) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        raise TorSetsError(f"{path} is not a regular file")
+    if status.st_size > MAX_BYTES:
+        raise TorSetsError(f"{path} has {status.st_size} bytes, more than the {MAX_BYTES}-byte limit of a table")
 
 
 def write_table(path: Path | str, data: bytes, *, mode: int = 0o644) -> bool:

@@ -3,7 +3,7 @@
  *
  * Shipped with tor-sets (tor_sets/plugin/). Build with `tor-sets plugin build`, or by hand:
  *
- *     gcc -std=c11 -O2 -Wall -Wextra -Werror -fPIC -shared -fvisibility=hidden \
+ *     gcc -std=c11 -O2 -Wall -Wextra -Werror -fPIC -shared -pthread -fvisibility=hidden \
  *         -I /usr/include/falcosecurity -o libtorsets.so torsets_plugin.c
  *
  * The header is Debian's libfalcosecurity0-dev (plugin/plugin_api.h, plugin API 3.x).
@@ -14,20 +14,30 @@
  * `tor-sets build --format plugin-table` (tor_sets/plugin/table.py documents the format; this file checks it
  * byte for byte). Lookups are binary searches over sorted arrays: O(log n), no allocation per event.
  *
- * Configuration (init_config, JSON): {"table": "/path/tor.table", "check_interval_s": 5}. At most once per
- * check interval (0: on every extraction) the table file is stat()ed; when its identity (device, inode, size,
- * modification time) changed it is loaded again. A table that fails any check is not used: the plugin keeps
- * the table it has, records why (plugin_get_last_error and the owner's log) and tries again when the file
- * changes once more. Replace the file atomically (write a temporary file, rename it over the old one).
+ * Configuration (init_config, JSON): {"table": "/path/tor.table", "check_interval_s": 5}. plugin_init loads
+ * the table itself (a bad table makes init fail). After that a loader thread per plugin state stat()s the
+ * file once per check interval (0: about every millisecond, for tests); when its identity (device, inode,
+ * size, modification time) changed it reads and checks the new table and hands it over through an atomic
+ * pointer, which extraction picks up at its next call. Extraction itself never touches the file system.
+ * Only a regular file of at most TABLE_MAX_BYTES is read: anything else (a FIFO, a device, a huge sparse
+ * file) is refused before a byte is read, and opening never blocks (O_NONBLOCK). A table that fails any
+ * check is not used: the plugin keeps the table it has, records why (plugin_get_last_error and the owner's
+ * log, once per file version) and tries again when the file changes once more. Replace the file atomically
+ * (write a temporary file, rename it over the old one).
  *
  * Threads: the framework may call extraction concurrently, each thread with its own plugin state. Everything
- * mutable lives in that state; the only globals are constant.
+ * mutable lives in that state; the only globals are constant, except the per-thread buffer that
+ * plugin_get_metrics returns. Within a state the loader thread and the framework's thread share only the
+ * pending/retired table pointers and the metric counters (C11 atomics) and the loader's last message
+ * (under a mutex).
  */
 
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -44,9 +54,19 @@
 #define EXPORT __attribute__((visibility("default")))
 
 #define TORSETS_NAME "torsets"
-#define TORSETS_VERSION "0.1.0"
-/* 3.3.0 is the first plugin API whose init input carries log_fn, which this plugin reads. */
-#define TORSETS_REQUIRED_API "3.3.0"
+#define TORSETS_VERSION "0.2.0"
+/*
+ * 3.6.0: the first plugin API whose framework resolves plugin_get_metrics and agrees with plugin_types.h on the
+ * metric enums (libs 0.18.0, Falco 0.39.0); log_fn in the init input came with 3.3.0.
+ * plugin_get_required_event_schema_version (3.12.0) is optional: older frameworks make no schema check at all.
+ */
+#define TORSETS_REQUIRED_API "3.6.0"
+/*
+ * The event schema: the lowest 4.x (driver 9.0.0+driver, Falco 0.42.0, the first with the check). The plugin
+ * reads parameter 1, the socket tuple, of connect exit (23: res, tuple, fd, addr), accept exit (247: fd, tuple,
+ * queuepct, queuelen, queuemax) and accept4 exit (249, and 389 with flags added), all unchanged across 4.x.
+ */
+#define TORSETS_EVENT_SCHEMA "4.0.0"
 
 /* ------------------------------------------------------------------------------------------------ table */
 
@@ -57,7 +77,8 @@
 #define TABLE_V6_RECORD 24u
 #define TABLE_RELAY_RECORD 64u
 #define TABLE_NO_RELAY UINT32_MAX
-#define TABLE_MAX_BYTES (512u * 1024u * 1024u)
+/* the largest table read: real ones are well under 1 MiB; a bigger file is refused without reading it */
+#define TABLE_MAX_BYTES (64u * 1024u * 1024u)
 
 #define ROLE_ENTRY 1u
 #define ROLE_EXIT 2u
@@ -335,22 +356,40 @@ static bool same_file(const file_id_t *a, const struct stat *st) {
 	       a->mtime_s == st->st_mtim.tv_sec && a->mtime_ns == st->st_mtim.tv_nsec;
 }
 
-/* Open, identify (into id, when the file could be opened) and decode the table at path. */
+/*
+ * Identify (into id), check and decode the table at path. Only a regular file of at most TABLE_MAX_BYTES is
+ * opened and read; the type and size are checked with stat() before opening and again on the open file, and
+ * the file is opened with O_NONBLOCK, so that a FIFO or device put at the path can never block the caller.
+ */
 static table_t *table_load(const char *path, file_id_t *id, char *err, size_t errlen) {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	if(stat(path, &st) != 0) {
+		msgf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	file_id_from_stat(id, &st);
+	if(!S_ISREG(st.st_mode)) {
+		msgf(err, errlen, "%s is not a regular file", path);
+		return NULL;
+	}
+	if(st.st_size < 0 || (uint64_t)st.st_size > TABLE_MAX_BYTES) {
+		msgf(err, errlen, "%s has %lld bytes, more than the %u-byte limit of a table", path, (long long)st.st_size,
+		     TABLE_MAX_BYTES);
+		return NULL;
+	}
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	if(fd < 0) {
 		msgf(err, errlen, "cannot open %s: %s", path, strerror(errno));
 		return NULL;
 	}
-	struct stat st;
 	if(fstat(fd, &st) != 0) {
 		msgf(err, errlen, "cannot stat %s: %s", path, strerror(errno));
 		close(fd);
 		return NULL;
 	}
-	file_id_from_stat(id, &st);
-	if(!S_ISREG(st.st_mode) || st.st_size < 0) {
-		msgf(err, errlen, "%s is not a regular file", path);
+	file_id_from_stat(id, &st); /* the file actually opened, should the path have been swapped meanwhile */
+	if(!S_ISREG(st.st_mode) || st.st_size < 0 || (uint64_t)st.st_size > TABLE_MAX_BYTES) {
+		msgf(err, errlen, "%s is not a regular file of at most %u bytes", path, TABLE_MAX_BYTES);
 		close(fd);
 		return NULL;
 	}
@@ -436,8 +475,6 @@ enum {
 	F_IS_RELAY,
 	F_FINGERPRINT,
 	F_NICKNAME,
-	F_TABLE_AGE,
-	F_TABLE_LOADS,
 	F_COUNT
 };
 
@@ -448,7 +485,7 @@ static const char FIELDS_JSON[] =
         "{\"type\":\"string\",\"name\":\"tor.client_role\",\"desc\":\"Tor role of the client end of the socket "
         "(fd.cip), with the values of tor.server_role.\"},"
         "{\"type\":\"string\",\"name\":\"tor.remote_role\",\"desc\":\"Tor role of the remote end: the server "
-        "for connect, the client for accept and accept4.\",\"addOutput\":true},"
+        "for connect, the client for accept and accept4.\"},"
         "{\"type\":\"bool\",\"name\":\"tor.server_is_entry\",\"desc\":\"The server end is a Tor entry relay "
         "(Guard flag, or a directory authority).\"},"
         "{\"type\":\"bool\",\"name\":\"tor.server_is_exit\",\"desc\":\"The server end is a Tor exit relay.\"},"
@@ -459,13 +496,9 @@ static const char FIELDS_JSON[] =
         "{\"type\":\"bool\",\"name\":\"tor.client_is_relay\",\"desc\":\"The client end is any Tor relay.\"},"
         "{\"type\":\"bool\",\"name\":\"tor.is_relay\",\"desc\":\"Either end of the socket is a Tor relay.\"},"
         "{\"type\":\"string\",\"name\":\"tor.fingerprint\",\"desc\":\"Fingerprint of the relay at the remote "
-        "end (no value when the remote end is no known relay).\",\"addOutput\":true},"
+        "end (no value when the remote end is no known relay).\"},"
         "{\"type\":\"string\",\"name\":\"tor.nickname\",\"desc\":\"Nickname of the relay at the remote end "
-        "(relay-chosen text, [A-Za-z0-9]{1,19}).\"},"
-        "{\"type\":\"uint64\",\"name\":\"tor.table_age\",\"desc\":\"Seconds since the relay data in the loaded "
-        "table was published by the Tor directory.\"},"
-        "{\"type\":\"uint64\",\"name\":\"tor.table_loads\",\"desc\":\"How many tables this plugin instance has "
-        "loaded: 1 after start, one more for each reload.\"}"
+        "(relay-chosen text, [A-Za-z0-9]{1,19}).\"}"
         "]";
 
 static const char INIT_SCHEMA[] =
@@ -474,7 +507,7 @@ static const char INIT_SCHEMA[] =
         "\"table\":{\"type\":\"string\",\"description\":\"Path of the table written by `tor-sets plugin table` "
         "(or build --format plugin-table)\"},"
         "\"check_interval_s\":{\"type\":\"number\",\"minimum\":0,\"description\":\"Seconds between checks for "
-        "a replaced table file (default 5; 0 checks on every extraction)\"}"
+        "a replaced table file (default 5; 0 checks about every millisecond, for tests)\"}"
         "},\"required\":[\"table\"],\"additionalProperties\":false}";
 
 static const char *const ROLE_NAMES[8] = {
@@ -496,26 +529,44 @@ typedef struct {
 } view_t;
 
 typedef struct {
+	/* set by plugin_init, read-only afterwards */
 	char path[4096];
 	uint64_t interval_ns;
-	table_t *table;
-	file_id_t loaded;
-	file_id_t failed; /* the file version whose load failed last, not retried until it changes */
-	bool missing;     /* the table file was missing at the last check (reported once) */
-	uint64_t next_check_ns;
-	uint64_t loads;
 	ss_plugin_owner_t *owner;
 	ss_plugin_log_fn_t log_fn;
-	char last_error[PLUGIN_MAX_ERRLEN];
 	uint16_t event_types[4]; /* handed to the framework, which may keep the pointer */
-	/* extraction scratch: results live here until the next call */
-	uint32_t cap;
-	uint64_t *u64s;
+
+	/* the framework's thread (init, extraction, last error) */
+	table_t *table; /* the table extraction uses */
+	char last_error[PLUGIN_MAX_ERRLEN];
+	uint64_t seen_message; /* the loader message last copied into last_error */
+	uint32_t cap;          /* extraction scratch: results live here until the next call */
 	ss_plugin_bool *bools;
 	const char **strs;
 	bool cached;
 	uint64_t cached_evtnum;
 	view_t view;
+
+	/* handed between the loader thread and extraction */
+	_Atomic(table_t *) pending; /* loaded and checked by the loader, not yet taken by extraction */
+	_Atomic(table_t *) retired; /* no longer used by extraction, for the loader to free */
+	/* metrics: written by init and the loader, read by plugin_get_metrics on any thread */
+	atomic_uint_least64_t loads;     /* tables loaded and accepted: 1 after init */
+	atomic_uint_least64_t rejects;   /* table file versions refused */
+	atomic_int_least64_t published;  /* relays_published of the newest accepted table (0: unknown) */
+
+	/* the loader thread; lock guards stop and the message fields */
+	pthread_t loader;
+	bool loader_started;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	bool sync_ready; /* lock and wake were initialised */
+	bool stop;
+	char message[PLUGIN_MAX_ERRLEN]; /* the loader's last complaint, for plugin_get_last_error */
+	uint64_t message_count;
+	file_id_t loaded; /* the file version in pending or in use (the loader's after init) */
+	file_id_t failed; /* the file version whose load failed last, not retried until it changes */
+	bool missing;     /* the table file was missing at the last check (reported once) */
 } state_t;
 
 static void plugin_log(state_t *s, ss_plugin_log_severity sev, const char *fmt, ...)
@@ -533,31 +584,29 @@ static void plugin_log(state_t *s, ss_plugin_log_severity sev, const char *fmt, 
 	s->log_fn(s->owner, NULL, msg, sev);
 }
 
-static uint64_t monotonic_ns(void) {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static void log_loaded(state_t *s, const char *verb) {
+static void log_loaded(state_t *s, const table_t *t, const char *verb) {
 	plugin_log(s, SS_PLUGIN_LOG_SEV_INFO, "%s %s: %u IPv4 and %u IPv6 addresses, %u relays, published %lld", verb,
-	           s->path, s->table->n4, s->table->n6, s->table->nrelays, (long long)s->table->published);
+	           s->path, t->n4, t->n6, t->nrelays, (long long)t->published);
 }
 
-/* The stat check: reload when the file at path is another file than the one loaded (and than the last bad one). */
-static void maybe_reload(state_t *s) {
-	uint64_t now = monotonic_ns();
-	if(now < s->next_check_ns) {
-		return;
-	}
-	s->next_check_ns = now + s->interval_ns;
+/* The loader's complaint: logged once, kept for plugin_get_last_error (which copies it on the framework's thread). */
+static void loader_complain(state_t *s, const char *msg) {
+	pthread_mutex_lock(&s->lock);
+	msgf(s->message, sizeof s->message, "%s", msg);
+	s->message_count++;
+	pthread_mutex_unlock(&s->lock);
+	plugin_log(s, SS_PLUGIN_LOG_SEV_ERROR, "%s", msg);
+}
+
+/* One check by the loader: load the file at path when it is another file than the one loaded (and the last bad one). */
+static void loader_check(state_t *s) {
+	char msg[PLUGIN_MAX_ERRLEN];
 	struct stat st;
 	if(stat(s->path, &st) != 0) {
 		if(!s->missing) {
 			s->missing = true; /* reported once, until the file is back */
-			msgf(s->last_error, sizeof s->last_error, "table %s is gone (%s); keeping the loaded table",
-			         s->path, strerror(errno));
-			plugin_log(s, SS_PLUGIN_LOG_SEV_ERROR, "%s", s->last_error);
+			msgf(msg, sizeof msg, "table %s is gone (%s); keeping the loaded table", s->path, strerror(errno));
+			loader_complain(s, msg);
 		}
 		return;
 	}
@@ -573,17 +622,103 @@ static void maybe_reload(state_t *s) {
 			file_id_from_stat(&id, &st); /* could not even open it: wait for the next change all the same */
 		}
 		s->failed = id;
-		msgf(s->last_error, sizeof s->last_error, "%s; keeping the loaded table", err);
-		plugin_log(s, SS_PLUGIN_LOG_SEV_ERROR, "%s", s->last_error);
+		atomic_fetch_add(&s->rejects, 1);
+		msgf(msg, sizeof msg, "%s; keeping the loaded table", err);
+		loader_complain(s, msg);
 		return;
 	}
-	table_free(s->table);
-	s->table = t;
 	s->loaded = id;
 	memset(&s->failed, 0, sizeof s->failed);
-	s->loads++;
+	atomic_store(&s->published, (int_least64_t)t->published);
+	atomic_fetch_add(&s->loads, 1);
+	log_loaded(s, t, "reloaded");
+	/* a table extraction has not taken yet is replaced: it never saw it, so it is freed here */
+	table_free(atomic_exchange(&s->pending, t));
+}
+
+static struct timespec deadline_after(uint64_t ns) {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t total = (uint64_t)ts.tv_nsec + ns % 1000000000u;
+	ts.tv_sec += (time_t)(ns / 1000000000u + total / 1000000000u);
+	ts.tv_nsec = (long)(total % 1000000000u);
+	return ts;
+}
+
+/* The loader thread: every check interval, free what extraction retired and check the file. */
+static void *loader_main(void *arg) {
+	state_t *s = arg;
+	uint64_t period = s->interval_ns > 1000000u ? s->interval_ns : 1000000u;
+	pthread_mutex_lock(&s->lock);
+	while(!s->stop) {
+		struct timespec deadline = deadline_after(period);
+		while(!s->stop && pthread_cond_timedwait(&s->wake, &s->lock, &deadline) == 0) {
+		}
+		if(s->stop) {
+			break;
+		}
+		pthread_mutex_unlock(&s->lock);
+		table_free(atomic_exchange(&s->retired, NULL));
+		loader_check(s);
+		pthread_mutex_lock(&s->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+static bool loader_start(state_t *s, char *err, size_t errlen) {
+	pthread_condattr_t attr;
+	if(pthread_condattr_init(&attr) != 0 || pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0 ||
+	   pthread_cond_init(&s->wake, &attr) != 0) {
+		msgf(err, errlen, "cannot set up the table loader");
+		return false;
+	}
+	pthread_condattr_destroy(&attr);
+	if(pthread_mutex_init(&s->lock, NULL) != 0) {
+		pthread_cond_destroy(&s->wake);
+		msgf(err, errlen, "cannot set up the table loader");
+		return false;
+	}
+	s->sync_ready = true;
+	int rc = pthread_create(&s->loader, NULL, loader_main, s);
+	if(rc != 0) {
+		msgf(err, errlen, "cannot start the table loader thread: %s", strerror(rc));
+		return false;
+	}
+	s->loader_started = true;
+	return true;
+}
+
+static void loader_stop(state_t *s) {
+	if(s->loader_started) {
+		pthread_mutex_lock(&s->lock);
+		s->stop = true;
+		pthread_cond_signal(&s->wake);
+		pthread_mutex_unlock(&s->lock);
+		pthread_join(s->loader, NULL);
+		s->loader_started = false;
+	}
+	if(s->sync_ready) {
+		pthread_cond_destroy(&s->wake);
+		pthread_mutex_destroy(&s->lock);
+		s->sync_ready = false;
+	}
+}
+
+/* On the framework's thread, at the start of an extraction: take a table the loader has prepared. */
+static void take_pending(state_t *s) {
+	if(atomic_load_explicit(&s->pending, memory_order_relaxed) == NULL ||
+	   atomic_load_explicit(&s->retired, memory_order_relaxed) != NULL) {
+		return; /* nothing new, or the loader has not yet freed the table retired last time */
+	}
+	table_t *fresh = atomic_exchange_explicit(&s->pending, NULL, memory_order_acquire);
+	if(fresh == NULL) {
+		return;
+	}
+	/* the old table's strings were results of the previous call, which the framework is done with */
+	atomic_store_explicit(&s->retired, s->table, memory_order_release);
+	s->table = fresh;
 	s->cached = false; /* the cached view points into the old table */
-	log_loaded(s, "reloaded");
 }
 
 /* ------------------------------------------------------------------------------------------------ config */
@@ -832,7 +967,8 @@ EXPORT void plugin_destroy(ss_plugin_t *s);
 EXPORT ss_plugin_t *plugin_init(const ss_plugin_init_input *in, ss_plugin_rc *rc);
 EXPORT ss_plugin_rc plugin_extract_fields(ss_plugin_t *ps, const ss_plugin_event_input *ev,
                                           const ss_plugin_field_extract_input *in);
-
+EXPORT ss_plugin_metric *plugin_get_metrics(ss_plugin_t *s, uint32_t *num_metrics);
+EXPORT const char *plugin_get_required_event_schema_version(ss_plugin_t *s);
 
 EXPORT const char *plugin_get_required_api_version(void) {
 	return TORSETS_REQUIRED_API;
@@ -879,7 +1015,54 @@ EXPORT uint16_t *plugin_get_extract_event_types(uint32_t *numtypes, ss_plugin_t 
 }
 
 EXPORT const char *plugin_get_last_error(ss_plugin_t *s) {
-	return s != NULL ? ((state_t *)s)->last_error : "torsets: no plugin state";
+	state_t *st = s;
+	if(st == NULL) {
+		return "torsets: no plugin state";
+	}
+	if(st->sync_ready) {
+		pthread_mutex_lock(&st->lock);
+		if(st->message_count != st->seen_message) {
+			st->seen_message = st->message_count; /* the loader's newest complaint */
+			msgf(st->last_error, sizeof st->last_error, "%s", st->message);
+		}
+		pthread_mutex_unlock(&st->lock);
+	}
+	return st->last_error;
+}
+
+EXPORT const char *plugin_get_required_event_schema_version(ss_plugin_t *s) {
+	(void)s;
+	return TORSETS_EVENT_SCHEMA;
+}
+
+/* The metrics array handed out: one per calling thread (stats writer, web server), valid until its next call. */
+static _Thread_local ss_plugin_metric metrics_out[3];
+
+static void set_metric(ss_plugin_metric *m, const char *name, ss_plugin_metric_type type, uint64_t value) {
+	m->name = name;
+	m->type = type;
+	m->value.u64 = value;
+	m->value_type = SS_PLUGIN_METRIC_VALUE_TYPE_U64;
+}
+
+EXPORT ss_plugin_metric *plugin_get_metrics(ss_plugin_t *s, uint32_t *num_metrics) {
+	state_t *st = s;
+	*num_metrics = 0;
+	if(st == NULL) {
+		return NULL;
+	}
+	set_metric(&metrics_out[0], "table_loads", SS_PLUGIN_METRIC_TYPE_MONOTONIC, atomic_load(&st->loads));
+	set_metric(&metrics_out[1], "table_rejects", SS_PLUGIN_METRIC_TYPE_MONOTONIC, atomic_load(&st->rejects));
+	*num_metrics = 2;
+	int64_t published = atomic_load(&st->published);
+	if(published > 0) { /* no age for a table without publication time */
+		struct timespec now;
+		clock_gettime(CLOCK_REALTIME, &now);
+		int64_t age = (int64_t)now.tv_sec - published;
+		set_metric(&metrics_out[2], "table_age_s", SS_PLUGIN_METRIC_TYPE_NON_MONOTONIC, age > 0 ? (uint64_t)age : 0);
+		*num_metrics = 3;
+	}
+	return metrics_out;
 }
 
 EXPORT void plugin_destroy(ss_plugin_t *s) {
@@ -887,8 +1070,10 @@ EXPORT void plugin_destroy(ss_plugin_t *s) {
 	if(st == NULL) {
 		return;
 	}
+	loader_stop(st);
 	table_free(st->table);
-	free(st->u64s);
+	table_free(atomic_exchange(&st->pending, NULL));
+	table_free(atomic_exchange(&st->retired, NULL));
 	free(st->bools);
 	free(st->strs);
 	free(st);
@@ -900,6 +1085,11 @@ EXPORT ss_plugin_t *plugin_init(const ss_plugin_init_input *in, ss_plugin_rc *rc
 	if(s == NULL) {
 		return NULL;
 	}
+	atomic_init(&s->pending, NULL);
+	atomic_init(&s->retired, NULL);
+	atomic_init(&s->loads, 0);
+	atomic_init(&s->rejects, 0);
+	atomic_init(&s->published, 0);
 	/* connect exit, accept exit, accept4 exit (legacy number, and the number the modern reader converts it to) */
 	static const uint16_t types[] = {23, 247, 249, 389};
 	memcpy(s->event_types, types, sizeof s->event_types);
@@ -917,9 +1107,13 @@ EXPORT ss_plugin_t *plugin_init(const ss_plugin_init_input *in, ss_plugin_rc *rc
 		msgf(s->last_error, sizeof s->last_error, "%s", err);
 		return s;
 	}
-	s->loads = 1;
-	s->next_check_ns = monotonic_ns() + s->interval_ns;
-	log_loaded(s, "loaded");
+	atomic_store(&s->loads, 1);
+	atomic_store(&s->published, (int_least64_t)s->table->published);
+	log_loaded(s, s->table, "loaded");
+	if(!loader_start(s, err, sizeof err)) {
+		msgf(s->last_error, sizeof s->last_error, "%s", err);
+		return s;
+	}
 	*rc = SS_PLUGIN_SUCCESS;
 	return s;
 }
@@ -966,9 +1160,6 @@ static bool grow(state_t *s, uint32_t n) {
 	if(n <= s->cap) {
 		return true;
 	}
-	uint64_t *u = realloc(s->u64s, n * sizeof *u);
-	if(u == NULL) return false;
-	s->u64s = u;
 	ss_plugin_bool *b = realloc(s->bools, n * sizeof *b);
 	if(b == NULL) return false;
 	s->bools = b;
@@ -991,11 +1182,6 @@ static void set_str(state_t *s, ss_plugin_extract_field *f, uint32_t i, const ch
 	f->res_len = 1;
 }
 
-static void set_u64(state_t *s, ss_plugin_extract_field *f, uint32_t i, uint64_t value) {
-	s->u64s[i] = value;
-	f->res.u64 = &s->u64s[i];
-	f->res_len = 1;
-}
 
 EXPORT ss_plugin_rc plugin_extract_fields(ss_plugin_t *ps, const ss_plugin_event_input *ev,
                                           const ss_plugin_field_extract_input *in) {
@@ -1003,7 +1189,7 @@ EXPORT ss_plugin_rc plugin_extract_fields(ss_plugin_t *ps, const ss_plugin_event
 	if(s == NULL || s->table == NULL) {
 		return SS_PLUGIN_FAILURE; /* init failed: the framework should not extract, but never dereference NULL */
 	}
-	maybe_reload(s);
+	take_pending(s);
 	if(!grow(s, in->num_fields)) {
 		msgf(s->last_error, sizeof s->last_error, "out of memory for %u fields", in->num_fields);
 		return SS_PLUGIN_FAILURE;
@@ -1018,21 +1204,6 @@ EXPORT ss_plugin_rc plugin_extract_fields(ss_plugin_t *ps, const ss_plugin_event
 	for(uint32_t i = 0; i < in->num_fields; i++) {
 		ss_plugin_extract_field *f = &in->fields[i];
 		f->res_len = 0;
-		switch(f->field_id) {
-		case F_TABLE_AGE:
-			if(s->table->published > 0) {
-				struct timespec now;
-				clock_gettime(CLOCK_REALTIME, &now);
-				int64_t age = (int64_t)now.tv_sec - s->table->published;
-				set_u64(s, f, i, age > 0 ? (uint64_t)age : 0);
-			}
-			continue;
-		case F_TABLE_LOADS:
-			set_u64(s, f, i, s->loads);
-			continue;
-		default:
-			break;
-		}
 		if(!v->valid) {
 			continue; /* not an event of ours: no value */
 		}
