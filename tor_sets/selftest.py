@@ -10,9 +10,9 @@ alerts delivered — without touching any real network:
 2. :class:`Lab` creates two network namespaces with pyroute2, ``client`` and ``relay``, joined by a veth pair that
    is created inside them (nothing is ever added to the machine's own namespace), puts the canary in ``relay`` and
    a second address of the lab network in ``client``, and adds no default route. Sockets are opened inside the
-   namespaces (:func:`pyroute2.netns.create_socket`: a forked child enters the namespace and passes the socket
-   back), but the syscalls on them are made by this process, so Falco sees ``connect``/``accept4`` of
-   ``tor-sets``. Namespaces are removed on every way out, SIGTERM included.
+   namespaces by this very thread (:func:`socket_in_namespace`: ``setns`` in and out around ``socket()``), so Falco
+   sees ``socket``, ``connect`` and ``accept4`` of ``tor-sets``, with file descriptors it knows. Namespaces are
+   removed on every way out, SIGTERM included.
 3. ``outbound``: a server in ``relay`` listens on the canary, a client in ``client`` connects to it (Falco: the
    outbound rule, ``fd.sip`` = canary). ``inbound``: a server in ``client`` accepts a connection made from the
    canary in ``relay`` (Falco: the inbound rule, ``fd.cip`` = canary). Each end's view of the tuple is checked:
@@ -34,6 +34,7 @@ Exports :class:`HostNetwork`, :class:`LabPlan`, :func:`plan_lab`, :class:`Lab`, 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import json
 import logging
@@ -366,6 +367,34 @@ class _Terminated(SystemExit):
     """SIGTERM arrived while a lab existed: unwind through the clean-up."""
 
 
+_CLONE_NEWNET = 0x40000000  # sched.h
+_NETNS_RUN = Path("/run/netns")
+
+
+def socket_in_namespace(ns: str, family: int, kind: int) -> socket.socket:
+    """A socket of the named network namespace, made by ``socket()`` in this very thread.
+
+    The thread enters the namespace (``setns``; it affects only the calling thread), makes the socket and comes back.
+    So the kernel event Falco sees is this process's own ``socket()``, and Falco knows the file descriptor (a socket
+    made in a forked child and passed over a Unix socket, as :func:`pyroute2.netns.create_socket` does, reaches
+    Falco's file-descriptor table late or not at all, and its alerts then name ``<NA>`` or ``<unknown>``).
+
+    Raises:
+        OSError: no such namespace, or ``setns`` refused (not root).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open("/proc/thread-self/ns/net", "rb") as home, open(_NETNS_RUN / ns, "rb") as target:
+        if libc.setns(target.fileno(), _CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns into {ns}: {os.strerror(error)}")
+        try:
+            return socket.socket(family, kind)
+        finally:
+            if libc.setns(home.fileno(), _CLONE_NEWNET) != 0:  # pragma: no cover - back home cannot fail as root
+                error = ctypes.get_errno()
+                raise OSError(error, f"setns back from {ns}: {os.strerror(error)}")
+
+
 class Lab:
     """Two network namespaces joined by a veth pair, for one self-test; a context manager.
 
@@ -556,8 +585,8 @@ class Lab:
 
     def _socket(self, ns: str) -> socket.socket:
         try:
-            sock: socket.socket = _netns_module().create_socket(ns, self.plan.family, socket.SOCK_STREAM)
-        except Exception as exc:
+            sock = socket_in_namespace(ns, self.plan.family, socket.SOCK_STREAM)
+        except OSError as exc:
             raise TorSetsError(f"cannot open a socket in {ns}: {exc}") from exc
         self._sockets.append(sock)
         sock.settimeout(self.timeout)

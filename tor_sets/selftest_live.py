@@ -26,12 +26,13 @@ lab's watcher removes the namespaces).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -335,20 +336,28 @@ def _lists_phase(snap: Snapshot, plan: LabPlan, folder: Path, timeout: float) ->
     folder.mkdir(parents=True, exist_ok=True)
     rules = folder / "tor_rules.yaml"
     rules.write_text(build(snap, BuildOptions()).text, encoding="utf-8")
+    with (
+        _enrich_endpoint(snap, plan) as (url, sink),
+        LiveFalco(folder, [rules], http_output=f"{url}/falco", ready_timeout=timeout) as falco,
+    ):
+        phase = _Phase(falco, plan, timeout)
+        with Lab(plan) as lab:
+            observed = lab.run(("outbound", "inbound"))
+            phase.positives(observed, sink)
+            phase.refused(lab.refused())
+            phase.bystanders(lab.bystander())
+        return LivePhase("lists", falco.started_s, tuple(phase.cases), _warnings(falco))
+
+
+@contextlib.contextmanager
+def _enrich_endpoint(snap: Snapshot, plan: LabPlan) -> Iterator[tuple[str, HttpSink]]:
+    """``tor-sets enrich --listen`` in this process, indexing ``snap``: its URL, and a sink reading it."""
     enricher = Enricher(RelayIndex.from_snapshot(snap), canaries=(plan.canary,), output_fields=True)
     server = EnrichServer(enricher, ServerSettings()).start()
     try:
-        url = server.url
-        sink = HttpSink(url)
+        sink = HttpSink(server.url)
         sink.mark()
-        with LiveFalco(folder, [rules], http_output=f"{url}/falco", ready_timeout=timeout) as falco:
-            phase = _Phase(falco, plan, timeout)
-            with Lab(plan) as lab:
-                observed = lab.run(("outbound", "inbound"))
-                phase.positives(observed, sink)
-                phase.refused(lab.refused())
-                phase.bystanders(lab.bystander())
-            return LivePhase("lists", falco.started_s, tuple(phase.cases), _warnings(falco))
+        yield server.url, sink
     finally:
         server.stop()
 
@@ -369,7 +378,10 @@ def _plugin_phase(snapshot: Snapshot, snap: Snapshot, plan: LabPlan, folder: Pat
     rules.write_text(plugin_rules_text(build(snap, options)), encoding="utf-8")
     plugin = Plugin("torsets", library, {"table": str(table), "check_interval_s": PLUGIN_CHECK_S})
     notes: list[str] = []
-    with LiveFalco(folder, [rules], plugins=[plugin], ready_timeout=timeout) as falco:
+    with (
+        _enrich_endpoint(snap, plan) as (url, sink),
+        LiveFalco(folder, [rules], plugins=[plugin], http_output=f"{url}/falco", ready_timeout=timeout) as falco,
+    ):
         phase = _Phase(falco, plan, timeout)
         with Lab(plan) as lab:
             (before,) = lab.run(("outbound",))
@@ -389,7 +401,7 @@ def _plugin_phase(snapshot: Snapshot, snap: Snapshot, plan: LabPlan, folder: Pat
             waited = time.monotonic() - swapped
             notes.append(f"table replaced while Falco ran; the plugin reported the reload after {waited:.2f} s")
             observed = lab.run(("outbound", "inbound"))
-            phase.positives(observed, None)
+            phase.positives(observed, sink)
             phase.bystanders(lab.bystander())
         return LivePhase("plugin", falco.started_s, tuple(phase.cases), (*notes, *_warnings(falco)))
 

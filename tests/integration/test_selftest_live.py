@@ -121,3 +121,21 @@ def test_a_kill_mid_run_leaves_no_falco_namespace_or_mount(tmp_path: Path, sig: 
     assert not falco_processes(str(keep))
     assert namespaces() == before[0]
     assert tracefs_mounts() == before[1]
+
+
+@pytest.mark.usefixtures("live_ready")
+def test_live_plugin_with_a_table_swap(tmp_path: Path) -> None:
+    """Real Falco accepts the plugin live (it declares event schema 4.x) and follows a table replaced mid-run."""
+    report = run_live(bundled_snapshot(), plugin=True, timeout=30, workdir=tmp_path)
+    lists, plugin = report.phases
+    cases = {c.name: c for c in plugin.cases}
+    assert not cases["outbound before-swap"].alerted  # the table did not hold the canary yet
+    assert cases["outbound"].alerted and cases["inbound"].alerted  # after the swap, without a rules reload
+    assert cases["outbound"].enriched and cases["inbound"].enriched
+    assert any("table replaced while Falco ran" in note for note in plugin.notes)
+    assert report.ok, report.to_json()
+    log = (tmp_path / "plugin/falco.log").read_text()
+    assert "Loaded plugin 'torsets@" in log and "required event schema version" not in log
+    alerts = [json.loads(line) for line in (tmp_path / "plugin/events.json").read_text().splitlines()]
+    outbound = next(a for a in alerts if a["rule"] == cases["outbound"].rule)
+    assert "tor_fingerprint=" + "CA" * 20 in outbound["output"]
