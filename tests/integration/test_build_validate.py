@@ -9,6 +9,7 @@ import pytest
 from tests.support.falco import container_double, falco_or_skip
 from tor_sets.cli import main
 from tor_sets.plugin.native import compile_plugin
+from tor_sets.plugin.rules import PLUGIN_VERSION
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,8 @@ def test_plugin_rules_are_validated_with_the_plugin_loaded(tmp_path: Path, capsy
     assert "validated by falco-local 0.44.1: Ok" in capsys.readouterr().err
     argv = ["build", "--offline", "--format", "falco-plugin", "--validate", "falco-local", "-o", str(out)]
     assert main(argv) == 6  # the file declares the plugin it needs: Falco names it
-    assert "Plugin requirement not satisfied, must load one of: torsets (>= 0.1.0)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"Plugin requirement not satisfied, must load one of: torsets (>= {PLUGIN_VERSION})" in err
 
 
 def test_the_table_is_no_rules_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1098,7 +1098,7 @@ def test_plugin_route_as_falcoctl_installs_it(
         assert code == 0, captured.err
         printed.append(yaml.safe_load(captured.out))
     assert [(p["type"], p["name"], p["version"]) for p in printed] == [
-        ("plugin", "torsets", "0.1.0"),
+        ("plugin", "torsets", PLUGIN_VERSION),
         ("rulesfile", "tor-plugin-rules", "1.20260228.100"),
         ("asset", "tor-table", "1.20260228.100"),
     ]
@@ -1150,7 +1150,7 @@ def test_plugin_route_as_falcoctl_installs_it(
         for repository in ("torsets", "tor-plugin-rules", "tor-table")
     }
     assert tags == {
-        "torsets": sorted(["0.1.0", "latest", "0", "0.1"]),
+        "torsets": sorted([PLUGIN_VERSION, "latest", PLUGIN_VERSION.split(".")[0], PLUGIN_VERSION.rsplit(".", 1)[0]]),
         "tor-plugin-rules": sorted(["1.20260228.100", "2026-02-28T0100", "latest", "1", "1.20260228"]),
         "tor-table": sorted(["1.20260228.100", "2026-02-28T0100", "latest", "1", "1.20260228"]),
     }

@@ -127,7 +127,7 @@ def test_a_kill_mid_run_leaves_no_falco_namespace_or_mount(tmp_path: Path, sig: 
 def test_live_plugin_with_a_table_swap(tmp_path: Path) -> None:
     """Real Falco accepts the plugin live (it declares event schema 4.x) and follows a table replaced mid-run."""
     report = run_live(bundled_snapshot(), plugin=True, timeout=30, workdir=tmp_path)
-    lists, plugin = report.phases
+    _, plugin = report.phases
     cases = {c.name: c for c in plugin.cases}
     assert not cases["outbound before-swap"].alerted  # the table did not hold the canary yet
     assert cases["outbound"].alerted and cases["inbound"].alerted  # after the swap, without a rules reload
