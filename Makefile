@@ -6,6 +6,9 @@ VENV := .venv
 # cannot be pulled (the project's shared folder beside the clone; point it at your own copy)
 TOR_SETS_FALCO_SOURCE ?= $(abspath ../shared/upstream)
 export TOR_SETS_FALCO_SOURCE
+# names this make run: a dockerd it starts is stopped at its end, one another clone's run started is left alone
+TOR_SETS_SESSION ?= make-$(shell date +%s%N)-$(shell echo $$PPID)
+export TOR_SETS_SESSION
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 

@@ -78,11 +78,11 @@ def test_install_rejects_unknown_parts() -> None:
 
 
 def test_stop_docker_reports_on_stderr(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(setup, "stop_docker", lambda: None)
+    monkeypatch.setattr(setup, "stop_docker", lambda session: None)
     args = parse(["engines", "stop-docker"])
     assert args.func(args) == 0
     out, err = capsys.readouterr()
     assert out == "" and "nothing stopped" in err
-    monkeypatch.setattr(setup, "stop_docker", lambda: setup.DockerState(42, "/d", "/l", 0.0))
+    monkeypatch.setattr(setup, "stop_docker", lambda session: setup.DockerState(42, "/d", "/l", 0.0))
     assert args.func(args) == 0
     assert "stopped dockerd (pid 42)" in capsys.readouterr().err

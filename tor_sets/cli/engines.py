@@ -58,7 +58,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     lst = actions.add_parser("list", help="list every engine, present or not, with its version")
     lst.add_argument("--json", action="store_true", help="print one JSON document")
-    actions.add_parser("stop-docker", help="stop the dockerd that tor-sets started (others are left alone)")
+    stop = actions.add_parser("stop-docker", help="stop the dockerd that tor-sets started (others are left alone)")
+    stop.add_argument(
+        "--session",
+        default=os.environ.get("TOR_SETS_SESSION"),
+        help="stop it only if the run with this $TOR_SETS_SESSION started it (default: $TOR_SETS_SESSION; unset: "
+        "whichever tor-sets run started it)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -73,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.engines_command == "list":
         _print_list(setup.status(), as_json=args.json)
         return 0
-    stopped = setup.stop_docker()
+    stopped = setup.stop_docker(args.session)
     if stopped is None:
         print("tor-sets: no dockerd started by tor-sets is running; nothing stopped", file=sys.stderr)
     else:

@@ -27,6 +27,7 @@ from tor_sets.provision import steps
 from tor_sets.provision.sysdig import root_sysdig_version
 
 __all__ = [
+    "SESSION_ENV",
     "STATE_FILE",
     "DockerState",
     "daemon",
@@ -41,18 +42,27 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATE_FILE = "dockerd-state.json"
+#: names the run (a ``make test``, a CI job) that starts dockerd, so that only that run stops it
+SESSION_ENV = "TOR_SETS_SESSION"
 DOCKERD_READY_S = 60.0
 DOCKERD_STOP_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
 class DockerState:
-    """The Docker daemon tor-sets started (read from the state file)."""
+    """The Docker daemon tor-sets started (read from the state file).
+
+    Attributes:
+        pid, data_root, log, started_at: the daemon.
+        session: ``$TOR_SETS_SESSION`` of the run that started it ("" when unset): another clone's ``make test``
+            sharing the engine cache has another session and leaves this daemon alone.
+    """
 
     pid: int
     data_root: str
     log: str
     started_at: float
+    session: str = ""
 
 
 def packages() -> tuple[bool, str]:
@@ -126,7 +136,13 @@ def docker_state() -> DockerState | None:
     path = docker_dir() / STATE_FILE
     try:
         doc = json.loads(read_regular(path))
-        state = DockerState(int(doc["pid"]), str(doc["data_root"]), str(doc["log"]), float(doc["started_at"]))
+        state = DockerState(
+            int(doc["pid"]),
+            str(doc["data_root"]),
+            str(doc["log"]),
+            float(doc["started_at"]),
+            str(doc.get("session", "")),
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return state if _is_dockerd(state.pid) else None
@@ -176,7 +192,9 @@ def start_docker() -> DockerState:
         if pid and not _is_dockerd(pid):
             break
         if pid and _docker.daemon_running("docker"):
-            state = DockerState(pid, str(directory / "data"), str(logfile), time.time())
+            state = DockerState(
+                pid, str(directory / "data"), str(logfile), time.time(), os.environ.get(SESSION_ENV, "")
+            )
             _write_state(state)
             return state
         time.sleep(0.3)
@@ -194,6 +212,7 @@ def _write_state(state: DockerState) -> None:
         "log": state.log,
         "started_at": state.started_at,
         "started_by": "tor-sets",
+        "session": state.session,
     }
     try:
         atomic_write(path, (json.dumps(doc, sort_keys=True) + "\n").encode())
@@ -201,11 +220,15 @@ def _write_state(state: DockerState) -> None:
         raise EngineError(f"cannot write the dockerd state {path}: {exc.strerror or exc}") from exc
 
 
-def stop_docker() -> DockerState | None:
+def stop_docker(session: str | None = None) -> DockerState | None:
     """Stop the ``dockerd`` that tor-sets started; leave any other daemon alone.
 
+    Args:
+        session: stop it only when this session started it (see :class:`DockerState`); None: whoever did.
+
     Returns:
-        The daemon that was stopped, or None when tor-sets had not started one (or it was already gone).
+        The daemon that was stopped, or None when tor-sets had not started one (or it was already gone, or another
+        session started it).
 
     Raises:
         EngineError: it did not stop, even after SIGKILL.
@@ -214,6 +237,11 @@ def stop_docker() -> DockerState | None:
     path = docker_dir() / STATE_FILE
     if state is None:
         path.unlink(missing_ok=True)
+        return None
+    if session is not None and state.session != session:
+        log.info(
+            "dockerd (pid %d) was started by another run (%s); leaving it running", state.pid, state.session or "-"
+        )
         return None
     for sig, wait in ((signal.SIGTERM, DOCKERD_STOP_S), (signal.SIGKILL, 5.0)):
         try:
