@@ -17,6 +17,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -24,12 +25,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from tor_sets.enrich import TOR_RULES, Enricher, EnrichServer, RelayIndex, ServerSettings, bench, enrich_stream
-from tor_sets.enrich import parse_listen as _parse_listen
-from tor_sets.errors import TorSetsError
+from tor_sets.errors import TorSetsError, UsageError
 from tor_sets.files import open_output
 from tor_sets.onionoo import bundled_snapshot, cached_snapshot, default_cache_dir, read_snapshot
 from tor_sets.relays import Snapshot
+from tor_sets.runtime.enrich import (
+    TOR_RULES,
+    Enricher,
+    EnrichServer,
+    RelayIndex,
+    ServerSettings,
+    enrich_stream,
+    measure_speed,
+    parse_listen,
+)
 from tor_sets.urls import redact_url
 
 __all__ = ["add_parser", "run"]
@@ -39,12 +48,37 @@ log = logging.getLogger("tor_sets")
 #: version of the ``--bench`` document
 SCHEMA = 1
 
+#: the flags that set :class:`ServerSettings` fields, by field: the library's messages name the field
+_FLAGS = {
+    "allow_remote": "--allow-remote",
+    "forward": "--forward",
+    "forward_timeout": "--forward-timeout",
+    "max_body": "--max-body",
+    "max_connections": "--max-connections",
+    "request_timeout": "--request-timeout",
+}
+#: a field's name standing as a word of its own (not inside a URL or another name)
+_FIELD = re.compile(r"(?<![\w/.:@-])(" + "|".join(_FLAGS) + r")(?![\w/.:@-])")
+
 
 def _listen(text: str) -> tuple[str, int]:
     try:
-        return _parse_listen(text)
-    except ValueError as exc:
+        return parse_listen(text)
+    except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _checked(settings: ServerSettings) -> ServerSettings:
+    """``settings`` once :meth:`ServerSettings.check` passed; its error names the flags where it named fields.
+
+    >>> _FIELD.sub(lambda m: _FLAGS[m[1]], "forward must be an http:// URL, got 'ftp://h/forward'")
+    "--forward must be an http:// URL, got 'ftp://h/forward'"
+    """
+    try:
+        settings.check()
+    except TorSetsError as exc:
+        raise type(exc)(_FIELD.sub(lambda m: _FLAGS[m[1]], str(exc))) from exc
+    return settings
 
 
 def _address(text: str) -> str:
@@ -196,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         raise TorSetsError("--forward needs --listen")
     snapshot = _snapshot(args)
     if args.bench:
-        result = bench(snapshot)
+        result = measure_speed(snapshot)
         doc = {"schema": SCHEMA, "source": snapshot.source, **result.to_json()}
         print(json.dumps(doc, sort_keys=True))
         return 0
@@ -231,15 +265,17 @@ def _enrich_file(args: argparse.Namespace, enricher: Enricher) -> int:
 
 def _serve(args: argparse.Namespace, enricher: Enricher) -> int:
     host, port = args.listen
-    settings = ServerSettings(
-        host=host,
-        port=port,
-        forward=args.forward,
-        forward_timeout=args.forward_timeout,
-        max_body=args.max_body,
-        allow_remote=args.allow_remote,
-        max_connections=args.max_connections,
-        request_timeout=args.request_timeout,
+    settings = _checked(
+        ServerSettings(
+            host=host,
+            port=port,
+            forward=args.forward,
+            forward_timeout=args.forward_timeout,
+            max_body=args.max_body,
+            allow_remote=args.allow_remote,
+            max_connections=args.max_connections,
+            request_timeout=args.request_timeout,
+        )
     )
     with contextlib.ExitStack() as stack:
         write = None

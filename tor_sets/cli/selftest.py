@@ -22,7 +22,19 @@ import sys
 from pathlib import Path
 
 from tor_sets.errors import SanityError, UsageError
-from tor_sets.selftest import CASES, Case, Observed, Report, format_table, open_sink, run_selftest, simulate_alerts
+from tor_sets.runtime.selftest import (
+    CASES,
+    DEFAULT_CANARY,
+    Case,
+    Observed,
+    Report,
+    format_live,
+    format_report,
+    open_sink,
+    run_live,
+    run_selftest,
+    simulate_alerts,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -158,7 +170,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_live(args: argparse.Namespace) -> int:
     from tor_sets.onionoo import bundled_snapshot, read_snapshot
-    from tor_sets.selftest_live import DEFAULT_CANARY, format_live, run_live
 
     for flag, value in (("--sink", args.sink), ("--simulate", args.simulate), ("--engine", args.engine)):
         if value:
@@ -183,5 +194,5 @@ def _print(report: Report, *, as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), sort_keys=True) + "\n")
     else:
-        sys.stdout.write(format_table(report))
+        sys.stdout.write(format_report(report))
     sys.stdout.flush()

@@ -10,11 +10,11 @@ One run, all on this host and nothing outside it:
    Exit). Rules, the enrich index and the plugin table are all made from that one snapshot, so an alert on the
    canary comes out enriched with the canary's fingerprint.
 2. ``lists`` phase: Falco (:class:`~tor_sets.engines.live.LiveFalco`) loads the list rules, writes alerts to a
-   JSON file and POSTs them (``http_output``) to an in-process :class:`~tor_sets.enrich.EnrichServer`. In a
-   :class:`~tor_sets.selftest.Lab` (two namespaces, a veth pair, no default route): an outbound connection to the
-   canary and an inbound one from it must alert; a connect the kernel refuses and both connections with the
-   bystander (the relay namespace's other address) must not. Silence is judged after a marker event that Falco
-   sees after them (:meth:`~tor_sets.engines.live.LiveFalco.sync`), not after a sleep.
+   JSON file and POSTs them (``http_output``) to an in-process :class:`~tor_sets.runtime.enrich.EnrichServer`. In a
+   :class:`~tor_sets.runtime.selftest.lab.Lab` (two namespaces, a veth pair, no default route): an outbound
+   connection to the canary and an inbound one from it must alert; a connect the kernel refuses and both
+   connections with the bystander (the relay namespace's other address) must not. Silence is judged after a marker
+   event that Falco sees after them (:meth:`~tor_sets.engines.live.LiveFalco.sync`), not after a sleep.
 3. ``plugin`` phase (``--plugin``): the same with the tor-sets plugin loaded and the plugin rules; the table is first
    one without the canary (an outbound connection stays silent), then replaced by one with it while Falco runs; once
    the plugin has reloaded it, the connections alert.
@@ -41,23 +41,14 @@ from typing import Any
 from tor_sets.build import BuildOptions, build, relay_sets
 from tor_sets.engines.base import Plugin
 from tor_sets.engines.live import LiveFalco
-from tor_sets.enrich import Enricher, EnrichServer, RelayIndex, ServerSettings
 from tor_sets.errors import EngineUnavailable, TorSetsError
 from tor_sets.falco.alerts import Alert
 from tor_sets.files import atomic_write
 from tor_sets.relays import IPAddress, Relay, Snapshot
-from tor_sets.selftest import (
-    CASE_RULES,
-    HostNetwork,
-    HttpSink,
-    Lab,
-    LabPlan,
-    Observed,
-    Refused,
-    alert_matches,
-    expectations,
-    plan_lab,
-)
+from tor_sets.runtime.enrich import Enricher, EnrichServer, RelayIndex, ServerSettings
+from tor_sets.runtime.selftest.lab import Lab, Observed, Refused
+from tor_sets.runtime.selftest.plan import HostNetwork, LabPlan, plan_lab
+from tor_sets.runtime.selftest.sinks import CASE_RULES, HttpSink, alert_matches, alerts_wanted
 
 __all__ = [
     "CANARY_FINGERPRINT",
@@ -79,7 +70,8 @@ CANARY_NICKNAME = "torsetsCanary"
 DEFAULT_CANARY = ipaddress.ip_address("198.51.100.77")
 #: how often the plugin looks for a replaced table during the self-test
 PLUGIN_CHECK_S = 0.2
-SCHEMA = 1
+#: version of the ``selftest --live --json`` document
+_SCHEMA = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +149,7 @@ class LiveReport:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "schema": SCHEMA,
+            "schema": _SCHEMA,
             "ok": self.ok,
             "canary": str(self.canary),
             "falco_version": self.falco_version,
@@ -185,10 +177,6 @@ def canary_relay(canary: IPAddress) -> Relay:
     )
 
 
-def _endpoint(address: IPAddress, port: int) -> str:
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
-
-
 def _doc(alert: Alert) -> dict[str, Any]:
     return {"rule": alert.rule, "output": alert.output, "output_fields": dict(alert.output_fields)}
 
@@ -208,7 +196,7 @@ class _Phase:
         self.cases: list[LiveCase] = []
 
     def positives(self, observed: Sequence[Observed], enrich: HttpSink | None, prefix: str = "") -> None:
-        wanted = expectations(observed)
+        wanted = alerts_wanted(observed)
         seen: dict[int, tuple[Alert, int]] = {}
 
         def found(alerts: list[Alert]) -> bool:
@@ -222,12 +210,11 @@ class _Phase:
         self.falco.wait_for(found, self.timeout)
         enriched = self._enriched(observed, enrich) if enrich is not None else {}
         for number, (obs, expected) in enumerate(zip(observed, wanted, strict=True)):
-            connection = f"{_endpoint(obs.client, obs.client_port)} -> {_endpoint(obs.server, obs.server_port)}"
             hit = seen.get(number)
             self.cases.append(
                 LiveCase(
                     f"{prefix}{obs.case}",
-                    connection,
+                    obs.connection,
                     expect_alert=True,
                     alerted=hit is not None,
                     rule=hit[0].rule if hit else None,
@@ -238,7 +225,7 @@ class _Phase:
 
     def _enriched(self, observed: Sequence[Observed], sink: HttpSink) -> dict[int, bool]:
         """Whether each connection's alert came out of the enrich endpoint with the canary's fingerprint."""
-        wanted = expectations(observed)
+        wanted = alerts_wanted(observed)
         result = dict.fromkeys(range(len(wanted)), False)
         deadline = time.monotonic() + self.timeout
         docs: list[dict[str, Any]] = []
@@ -275,13 +262,13 @@ class _Phase:
         )
 
     def refused(self, probe: Refused) -> None:
-        connection = f"{_endpoint(probe.client, probe.client_port)} -> {_endpoint(probe.server, probe.server_port)}"
-        self.silent(f"refused (errno {probe.errno})", connection, {(str(probe.server), probe.server_port)})
+        self.silent(f"refused (errno {probe.errno})", probe.connection, {(str(probe.server), probe.server_port)})
 
     def bystanders(self, pair: Sequence[Observed]) -> None:
         for obs in pair:
-            connection = f"{_endpoint(obs.client, obs.client_port)} -> {_endpoint(obs.server, obs.server_port)}"
-            self.silent(obs.case, connection, {(str(obs.client), obs.client_port), (str(obs.server), obs.server_port)})
+            self.silent(
+                obs.case, obs.connection, {(str(obs.client), obs.client_port), (str(obs.server), obs.server_port)}
+            )
 
 
 def _with_canary(snapshot: Snapshot, canary: IPAddress) -> Snapshot:
@@ -385,10 +372,7 @@ def _plugin_phase(snapshot: Snapshot, snap: Snapshot, plan: LabPlan, folder: Pat
         phase = _Phase(falco, plan, timeout)
         with Lab(plan) as lab:
             (before,) = lab.run(("outbound",))
-            connection = (
-                f"{_endpoint(before.client, before.client_port)} -> {_endpoint(before.server, before.server_port)}"
-            )
-            phase.silent("outbound before-swap", connection, {(str(before.server), before.server_port)})
+            phase.silent("outbound before-swap", before.connection, {(str(before.server), before.server_port)})
             loads_before = _reloads(falco)
             atomic_write(table, with_canary)
             swapped = time.monotonic()

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.falco import falco_or_skip
 from tor_sets.onionoo import bundled_snapshot
-from tor_sets.selftest_live import run_live
+from tor_sets.runtime.selftest import run_live
 
 pytestmark = pytest.mark.integration
 

@@ -26,10 +26,10 @@ import pytest
 import requests
 
 from tests.support.onionoo_server import free_port
-from tor_sets.enrich import Enricher, EnrichServer, RelayIndex, ServerSettings
 from tor_sets.errors import SanityError
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
 from tor_sets.relays import Relay, Snapshot
+from tor_sets.runtime.enrich import Enricher, EnrichServer, RelayIndex, ServerSettings
 
 pytestmark = pytest.mark.integration
 

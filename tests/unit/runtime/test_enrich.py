@@ -14,19 +14,18 @@ from ipaddress import ip_address
 import pytest
 
 from tor_sets.cli import main
-from tor_sets.enrich import (
+from tor_sets.errors import SanityError, TorSetsError, UsageError
+from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
+from tor_sets.relays import Relay, Role, Snapshot
+from tor_sets.runtime.enrich import (
     Enricher,
     RelayIndex,
     ServerSettings,
-    _Connections,
-    _Throttle,
     canonical_address,
     enrich_stream,
     parse_listen,
 )
-from tor_sets.errors import SanityError, TorSetsError
-from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
-from tor_sets.relays import Relay, Role, Snapshot
+from tor_sets.runtime.enrich.limits import ConnectionTable, Throttle
 
 PUBLISHED = datetime(2026, 2, 28, 1, 0)
 
@@ -328,14 +327,14 @@ def test_parse_listen() -> None:
     assert parse_listen("127.0.0.1:2801") == ("127.0.0.1", 2801)
     assert parse_listen("[::1]:0") == ("::1", 0)
     for bad in ("2801", "example.org:80", "127.0.0.1:99999", "127.0.0.1:", ":80"):
-        with pytest.raises(ValueError):
+        with pytest.raises(UsageError):
             parse_listen(bad)
 
 
 def test_parse_listen_takes_ascii_digits_only() -> None:
     # "²" passes str.isdigit() and int() refuses it; int() reads Arabic-Indic digits; it refuses 5,000 digits
     for bad in ("127.0.0.1:\u00b2", "127.0.0.1:\u0661", "127.0.0.1:" + "9" * 5000):
-        with pytest.raises(ValueError, match="expected HOST:PORT"):
+        with pytest.raises(UsageError, match="expected HOST:PORT"):
             parse_listen(bad)
 
 
@@ -347,8 +346,26 @@ def test_settings_refuse_remote_and_odd_urls() -> None:
     ServerSettings(host="0.0.0.0", allow_remote=True).check()
     ServerSettings(host="::1", forward="http://127.0.0.1:2801/").check()
     for url in ("file:///etc/passwd", "ftp://127.0.0.1/", "http://", "http://127.0.0.1:0/"):
-        with pytest.raises(TorSetsError, match="--forward"):
+        with pytest.raises(TorSetsError, match="^forward must be an http:// or https:// URL"):
             ServerSettings(forward=url).check()
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "field"),
+    [
+        ({"host": "0.0.0.0"}, SanityError, "allow_remote"),
+        ({"forward": "ftp://127.0.0.1/"}, TorSetsError, "forward"),
+        ({"max_body": 0}, TorSetsError, "max_body"),
+        ({"max_connections": 0}, TorSetsError, "max_connections"),
+        ({"request_timeout": 0.0}, TorSetsError, "request_timeout"),
+        ({"log_interval": -1.0}, TorSetsError, "log_interval"),
+        ({"host": "localhost"}, UsageError, "host"),  # no IP literal: was a bare ValueError from ipaddress
+    ],
+)
+def test_settings_errors_name_the_field_not_a_flag(settings: dict[str, object], error: type, field: str) -> None:
+    with pytest.raises(error) as exc:
+        ServerSettings(**settings).check()  # type: ignore[arg-type]
+    assert field in str(exc.value) and "--" not in str(exc.value)
 
 
 @pytest.mark.parametrize(
@@ -356,7 +373,7 @@ def test_settings_refuse_remote_and_odd_urls() -> None:
     ["ftp://tor-sets:s3cret@127.0.0.1/", "http://tor-sets:s3cret@127.0.0.1:99999/", "http://tor-sets:s3cret@[::1/"],
 )
 def test_a_refused_forward_url_is_shown_without_credentials(url: str) -> None:
-    with pytest.raises(TorSetsError, match="--forward") as exc:
+    with pytest.raises(TorSetsError, match="^forward must be") as exc:
         ServerSettings(forward=url).check()
     assert "s3cret" not in str(exc.value) and "***@" in str(exc.value)
 
@@ -370,7 +387,7 @@ def test_settings_refuse_limits_that_are_not_positive(bad: dict[str, float]) -> 
 
 
 def test_repeated_warnings_are_summarised_per_interval(caplog: pytest.LogCaptureFixture) -> None:
-    throttle = _Throttle("%d more in the last %.1f s", burst=2, interval=10.0)
+    throttle = Throttle("%d more in the last %.1f s", burst=2, interval=10.0)
     with caplog.at_level(logging.WARNING, logger="tor_sets"):
         logged = [throttle.warn("line %d", n, now=n * 0.5) for n in range(6)]
         assert throttle.flush(now=9.9) == 0  # the interval is not over
@@ -393,7 +410,7 @@ def test_repeated_warnings_are_summarised_per_interval(caplog: pytest.LogCapture
 def test_a_full_connection_table_pushes_out_the_one_waiting_longest() -> None:
     with contextlib.ExitStack() as stack:
         a, b, c, d = (stack.enter_context(socket.socket()) for _ in range(4))  # unconnected: only identity matters
-        table = _Connections(2)
+        table = ConnectionTable(2)
         assert table.admit(a, now=0.0) == (True, None)
         assert table.admit(b, now=1.0) == (True, None)
         table.busy(a)
@@ -470,6 +487,16 @@ def test_cli_errors(tmp_path, snapshot_file, capsys) -> None:
         assert exc.value.code == 2
 
 
+def test_cli_errors_name_the_flags(snapshot_file, capsys) -> None:
+    # the library names ServerSettings fields (forward, allow_remote); the command line names its flags
+    argv = ["enrich", "--listen", "127.0.0.1:0", "--forward", "ftp://tor-sets:s3cret@127.0.0.1/forward"]
+    assert main([*argv, "--input", str(snapshot_file)]) == 3
+    err = capsys.readouterr().err
+    assert "tor-sets: error: --forward must be an http:// or https:// URL, got 'ftp://***@127.0.0.1/forward'" in err
+    assert main(["enrich", "--listen", "0.0.0.0:0", "--input", str(snapshot_file)]) == 5
+    assert "non-loopback address 0.0.0.0 (--allow-remote is off)" in capsys.readouterr().err
+
+
 def test_cli_bench_prints_one_json_document(data_dir, capsys) -> None:
     snapshot = data_dir / "onionoo" / "details-running-fp-oraddr-country-2026-08-22T11.json.gz"
     assert main(["enrich", "--bench", "--input", str(snapshot)]) == 0
@@ -478,10 +505,20 @@ def test_cli_bench_prints_one_json_document(data_dir, capsys) -> None:
     assert doc["lookups_per_s"] > 0 and doc["alerts_per_s"] > 0
 
 
-def test_doctests() -> None:
+@pytest.mark.parametrize(
+    "module",
+    [
+        "tor_sets.runtime.enrich",
+        "tor_sets.runtime.enrich.index",
+        "tor_sets.runtime.enrich.stream",
+        "tor_sets.runtime.enrich.server",
+        "tor_sets.runtime.enrich.limits",
+        "tor_sets.cli.enrich",
+    ],
+)
+def test_doctests(module: str) -> None:
     import doctest
+    import importlib
 
-    from tor_sets import enrich
-
-    failures, tried = doctest.testmod(enrich)
-    assert failures == 0 and tried > 5
+    failures, tried = doctest.testmod(importlib.import_module(module))
+    assert failures == 0 and tried > 0

@@ -36,10 +36,10 @@ from tests.support.engines import engine_or_skip
 from tor_sets.build import BuildOptions, build
 from tor_sets.cli import main
 from tor_sets.engines import Engine
-from tor_sets.enrich import Enricher, EnrichServer, RelayIndex, ServerSettings
 from tor_sets.errors import TorSetsError
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
-from tor_sets.selftest import (
+from tor_sets.runtime.enrich import Enricher, EnrichServer, RelayIndex, ServerSettings
+from tor_sets.runtime.selftest import (
     FileSink,
     HostNetwork,
     HttpSink,
@@ -161,7 +161,7 @@ def test_cleanup_on_sigterm(host: HostNetwork, tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from tor_sets.selftest import HostNetwork, Lab, plan_lab
+        from tor_sets.runtime.selftest import HostNetwork, Lab, plan_lab
         plan = plan_lab(sys.argv[1], host=HostNetwork.read())
         with Lab(plan) as lab:
             lab.outbound()  # forks pyroute2 children that inherit the SIGTERM handler: they must not clean up

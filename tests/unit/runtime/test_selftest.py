@@ -11,26 +11,25 @@ from typing import Any
 
 import pytest
 
-from tor_sets.errors import SanityError
+from tor_sets.errors import SanityError, UsageError
 from tor_sets.falco.alerts import alert_json
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
 from tor_sets.falco.load import load_rules
-from tor_sets.scap import MIN_GAP_NS
-from tor_sets.selftest import (
+from tor_sets.runtime.selftest import (
     CaseResult,
     FileSink,
     HostNetwork,
     HttpSink,
     Observed,
     Report,
-    _connections,
-    alert_matches,
-    expectations,
-    format_table,
+    format_report,
     open_sink,
     plan_lab,
     wait_for_alerts,
 )
+from tor_sets.runtime.selftest.simulate import _connections
+from tor_sets.runtime.selftest.sinks import alert_matches, alerts_wanted
+from tor_sets.scap import MIN_GAP_NS
 
 EMPTY = HostNetwork(frozenset(), frozenset())
 MACHINE = HostNetwork(
@@ -113,6 +112,12 @@ def test_plan_on_this_projects_machines() -> None:
     assert plan_lab("203.0.113.9", host=MACHINE).relay_ns != plan_lab("203.0.113.9", host=MACHINE).relay_ns
 
 
+@pytest.mark.parametrize("token", ["0A1B2C3D", "0a1b2c3", "../../x", "0a1b2c3d\n"])
+def test_plan_refuses_a_token_that_would_make_odd_names(token: str) -> None:
+    with pytest.raises(UsageError, match="token must be 8 lower-case hex digits"):
+        plan_lab("198.51.100.77", host=EMPTY, token=token)
+
+
 def test_conflicts_ignore_other_families_and_report_each_overlap() -> None:
     assert MACHINE.conflicts(ip_network("198.51.100.0/24")) == []
     assert MACHINE.conflicts(ip_network("192.0.2.128/25")) == ["address 192.0.2.2/24", "route 192.0.2.0/24"]
@@ -123,7 +128,7 @@ def test_conflicts_ignore_other_families_and_report_each_overlap() -> None:
 
 
 def test_expectations_watch_the_syscall_each_rule_fires_on() -> None:
-    out, inn = expectations([observed("outbound"), observed("inbound")])
+    out, inn = alerts_wanted([observed("outbound"), observed("inbound")])
     assert OUTBOUND_RULE in out.rules and out.ts_ns == 1_000_000_000_000
     assert inn.rules == {INBOUND_RULE} and inn.ts_ns == 1_000_000_100_000
 
@@ -147,12 +152,12 @@ def test_expectations_watch_the_syscall_each_rule_fires_on() -> None:
     ],
 )
 def test_alert_matches(doc: dict[str, Any], matches: bool) -> None:
-    (expected,) = expectations([observed()])
+    (expected,) = alerts_wanted([observed()])
     assert alert_matches(expected, doc) is matches
 
 
 def test_ipv6_addresses_match_in_any_spelling() -> None:
-    (expected,) = expectations([observed(client=ip_address("2001:db8::1"), server=ip_address("2001:db8::77"))])
+    (expected,) = alerts_wanted([observed(client=ip_address("2001:db8::1"), server=ip_address("2001:db8::77"))])
     doc = alert(**{"fd.sip": "2001:DB8:0:0::77", "fd.cip": "2001:db8::0001"})
     assert alert_matches(expected, doc)
 
@@ -257,7 +262,7 @@ def test_report_json_and_table() -> None:
     doc = report.to_json()
     assert doc["ok"] is False and doc["schema"] == 1 and doc["setup_s"] == 0.123
     assert doc["cases"][0]["client"] == "198.51.100.1" and doc["cases"][1]["ok"] is False  # type: ignore[index]
-    table = format_table(report)
+    table = format_report(report)
     assert "198.51.100.1:40000 -> 198.51.100.77:4444" in table and "PASS" in table
     assert "(none within 30 s)" in table and table.splitlines()[-1].startswith("FAIL: canary 198.51.100.77")
 
@@ -308,7 +313,7 @@ def test_simulated_alert_has_falcos_shape() -> None:
 def test_doctests() -> None:
     import doctest
 
-    from tor_sets import selftest
+    from tor_sets.runtime.selftest import plan
 
-    failures, tried = doctest.testmod(selftest)
+    failures, tried = doctest.testmod(plan)
     assert failures == 0 and tried > 0
