@@ -23,8 +23,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tor_sets import fleet
 from tor_sets.build import Built, build
+from tor_sets.deploy.fleet import render_manifest
 from tor_sets.falco.emit import render
 from tor_sets.falco.generate import INBOUND_RULE, NEVER_TRUE, OUTBOUND_RULE, TUNING_MACRO, role_macro
 from tor_sets.falco.model import RulesFile
@@ -75,7 +75,7 @@ def generated_files() -> dict[Path, str]:
     built = build(example_snapshot())
     # the names `tor-sets build` uses by default (--rules-filename, --configmap-name, --namespace)
     names = {"filename": "tor_rules.yaml", "name": "tor-sets-rules", "namespace": "falco"}
-    configmap, values = (fleet.render(fmt, built.text, **names) for fmt in ("configmap", "helm-values"))
+    configmap, values = (render_manifest(fmt, built.text, **names) for fmt in ("configmap", "helm-values"))
     return {
         RULES_EXAMPLE: _comment(
             "An example of the rules file `tor-sets build` writes, for five relays of the bundled snapshot (a real",

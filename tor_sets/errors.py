@@ -1,7 +1,8 @@
 """The exception tree of tor-sets.
 
-Every error the library raises on purpose derives from :class:`TorSetsError`; only ``cli.py`` catches it and
-turns it into one line on stderr and an exit code::
+Every error the library raises on purpose derives from :class:`TorSetsError`; only the ``tor_sets.cli`` package
+catches it and turns it into one line on stderr and an exit code. Library messages name option fields
+(``min_relays``, ``lock_timeout``); the command line shows them as its flags (``--min-relays``)::
 
     TorSetsError
     ├── FetchError          the relay directory could not be fetched (url, cause)
@@ -10,7 +11,9 @@ turns it into one line on stderr and an exit code::
     ├── SanityError         the data would make bad rules (empty set, shrink past a guard, too-wide network)
     ├── StaleDataError      the newest good data is older than the allowed age
     ├── UsageError          options that contradict each other or name impossible values
+    │   └── ReferenceSyntaxError   an OCI reference that is not REGISTRY/REPOSITORY[:TAG|@DIGEST] (also a RegistryError)
     ├── RuleError           a rules file cannot be read, expanded or validated (path)
+    ├── RegistryError       an OCI registry failed, refused, or holds something that is not our artifact (registry)
     ├── CaptureError        a capture file cannot be written or read
     └── EngineError         a rule engine failed (engine, return code, stderr tail)
         ├── EngineUnavailable   the engine is not installed or cannot run here
@@ -29,6 +32,8 @@ __all__ = [
     "EngineUnavailable",
     "FetchError",
     "FetchTimeout",
+    "ReferenceSyntaxError",
+    "RegistryError",
     "RuleError",
     "SanityError",
     "StaleDataError",
@@ -119,3 +124,15 @@ class EngineUnavailable(EngineError):
 
 class EngineTimeout(EngineError):
     """The engine did not finish in time."""
+
+
+class RegistryError(TorSetsError):
+    """An OCI registry could not be reached, refused the request, or holds something that is not our artifact."""
+
+    def __init__(self, message: str, *, registry: str | None = None) -> None:
+        super().__init__(message)
+        self.registry = registry
+
+
+class ReferenceSyntaxError(RegistryError, UsageError):
+    """A reference that is not ``[oci://]REGISTRY/REPOSITORY[:TAG|@DIGEST]``: a usage error (exit 2)."""

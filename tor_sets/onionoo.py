@@ -53,7 +53,7 @@ from urllib3.util.retry import Retry
 from tor_sets import __version__
 from tor_sets.errors import DocumentError, FetchError, FetchTimeout, StaleDataError
 from tor_sets.files import atomic_write, read_regular
-from tor_sets.relays import IPAddress, Relay, Snapshot
+from tor_sets.relays import IPAddress, Relay, Snapshot, format_age
 from tor_sets.urls import redact_url
 
 if TYPE_CHECKING:  # urllib3 defines its connection protocols for type checkers only
@@ -612,7 +612,7 @@ def check_not_future(snapshot: Snapshot, now: datetime | None = None) -> None:
     ahead = snapshot.relays_published - now
     if ahead > MAX_CLOCK_SKEW:
         raise DocumentError(
-            f"relays_published {snapshot.relays_published:%Y-%m-%d %H:%M} UTC lies {_format_age(ahead)} in the "
+            f"relays_published {snapshot.relays_published:%Y-%m-%d %H:%M} UTC lies {format_age(ahead)} in the "
             f"future (more than the allowed clock skew of {MAX_CLOCK_SKEW.total_seconds() / 3600:g} h); refusing "
             "the data (is this host's clock right?)",
             field="relays_published",
@@ -986,7 +986,7 @@ def obtain(
     if max_age is not None and age(result.snapshot) > max_age:
         raise StaleDataError(
             f"relay data from {result.snapshot.relays_published:%Y-%m-%d %H:%M} UTC ({result.origin}) is "
-            f"older than the allowed {_format_age(max_age)}"
+            f"older than the allowed {format_age(max_age)}"
         )
     return result
 
@@ -1006,13 +1006,6 @@ def _obtain_live_or_fallback(settings: FetchSettings, *, offline: bool, fallback
     snapshot, origin = (cached, "cache") if cached is not None else (bundled_snapshot(), "bundled")
     warning = (
         f"live relay data unavailable ({failure}); using the {origin} snapshot of "
-        f"{snapshot.relays_published:%Y-%m-%d %H:%M} UTC, {_format_age(age(snapshot))} old"
+        f"{snapshot.relays_published:%Y-%m-%d %H:%M} UTC, {format_age(age(snapshot))} old"
     )
     return Obtained(snapshot, origin, warning)
-
-
-def _format_age(delta: timedelta) -> str:
-    hours = delta.total_seconds() / 3600
-    if hours < 48:
-        return f"{hours:.1f} h"
-    return f"{hours / 24:.0f} days"

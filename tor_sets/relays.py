@@ -1,7 +1,8 @@
 """The relay model and classification into address sets.
 
 Exports :class:`Relay` and :class:`Snapshot` (what a parsed Onionoo details document holds, with only validated
-addresses), :class:`Role`, :class:`RelaySets` and :func:`classify`.
+addresses), :class:`Role`, :class:`RelaySets`, :func:`classify`, and :func:`format_age` (how old data is, in
+words, the one format of every message that tells an age).
 
 Roles follow how Tor clients use relays (https://metrics.torproject.org/onionoo.html#details):
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "Role",
     "Snapshot",
     "classify",
+    "format_age",
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -180,3 +182,23 @@ def classify(
     )
     relay = frozenset(a for r in relays for a in (*r.or_addresses, *r.exit_addresses))
     return RelaySets(entry=entry, exit=exit_, relay=relay)
+
+
+def format_age(delta: timedelta) -> str:
+    """An age or a period in words: ``42 s``, ``42 min``, ``5.5 h`` or ``12 days``; negative means in the future.
+
+    >>> format_age(timedelta(seconds=42)), format_age(timedelta(minutes=42)), format_age(timedelta(hours=5.5))
+    ('42 s', '42 min', '5.5 h')
+    >>> format_age(timedelta(days=12)), format_age(timedelta(days=-12))
+    ('12 days', '-12 days')
+    """
+    seconds = delta.total_seconds()
+    if seconds < 0:
+        return "-" + format_age(-delta)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"

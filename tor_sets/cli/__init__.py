@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -28,6 +29,31 @@ from tor_sets import __version__
 from tor_sets.errors import TorSetsError
 
 EXIT_CODES_HELP = __doc__.split("Exit codes:", 1)[1] if __doc__ else ""
+
+#: the option fields library messages name, and the flag that sets each (issue 15.4: the library names fields,
+#: the command line names its flags)
+OPTION_FLAGS = {
+    "allow_fallback": "--allow-fallback",
+    "lock_timeout": "--lock-timeout",
+    "max_age": "--max-age",
+    "max_drop": "--max-drop",
+    "min_relays": "--min-relays",
+    "plain_http": "--plain-http",
+    "reload.pid": "--reload-pid",
+}
+# a field as a word of its own: not inside a path, a URL, a dotted name or an assignment
+_OPTION_FIELD = re.compile(r"(?<![\w./=-])(" + "|".join(map(re.escape, OPTION_FLAGS)) + r")(?![\w/=-])")
+
+
+def with_flags(message: str) -> str:
+    """A library message as the command line shows it: each option field it names replaced by its flag.
+
+    >>> with_flags("only 0 running relays in the data (at least 5000 required, min_relays)")
+    'only 0 running relays in the data (at least 5000 required, --min-relays)'
+    >>> with_flags("cannot read /srv/min_relays/x.json")
+    'cannot read /srv/min_relays/x.json'
+    """
+    return _OPTION_FIELD.sub(lambda match: OPTION_FLAGS[match[1]], message)
 
 
 def _subcommand_modules() -> list[ModuleType]:
@@ -93,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TorSetsError as exc:
         if args.verbose:
             raise
-        print(f"tor-sets: error: {exc}", file=sys.stderr)
+        print(f"tor-sets: error: {with_flags(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("tor-sets: interrupted", file=sys.stderr)

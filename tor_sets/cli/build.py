@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tor_sets.build import BuildOptions, Built, build, parse_networks, write_rules
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
+from tor_sets.deploy.fleet.kubernetes import MANIFEST_FORMATS, render_manifest
 from tor_sets.errors import RuleError, UsageError
 from tor_sets.falco.generate import DEFAULT_TAGS, RulesOptions
 from tor_sets.falco.model import CURRENT_FALCO, PRIORITIES, Profile
@@ -32,7 +33,7 @@ from tor_sets.relays import IPAddress, Role, Snapshot
 
 log = logging.getLogger("tor_sets")
 
-FORMATS = ("falco", "configmap", "helm-values", "plugin-table", "falco-plugin")
+FORMATS = ("falco", *MANIFEST_FORMATS, "plugin-table", "falco-plugin")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -299,15 +300,10 @@ def render_format(built: Built, fmt: str, args: argparse.Namespace, snapshot: Sn
     """The output of ``--format`` for a build."""
     if fmt == "falco":
         return built.text
-    if fmt in ("configmap", "helm-values"):
-        from tor_sets import fleet
-
-        try:
-            return fleet.render(
-                fmt, built.text, filename=args.rules_filename, name=args.configmap_name, namespace=args.namespace
-            )
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
+    if fmt in MANIFEST_FORMATS:
+        return render_manifest(
+            fmt, built.text, filename=args.rules_filename, name=args.configmap_name, namespace=args.namespace
+        )
     from tor_sets import plugin
 
     if fmt == "plugin-table":

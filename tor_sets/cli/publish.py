@@ -16,9 +16,7 @@ from pathlib import Path
 import yaml
 
 from tor_sets import __version__
-from tor_sets.errors import RuleError, TorSetsError, UsageError
-from tor_sets.files import atomic_write
-from tor_sets.fleet import (
+from tor_sets.deploy.fleet import (
     RULES_MAJOR,
     PublishResult,
     check_version,
@@ -29,11 +27,13 @@ from tor_sets.fleet import (
     merge_index,
     parse_index,
     parse_ref,
-    publish,
     publish_asset,
     publish_plugin,
-    read_header,
+    publish_rules,
 )
+from tor_sets.errors import RuleError, TorSetsError, UsageError
+from tor_sets.falco.header import read_header
+from tor_sets.files import atomic_write
 
 __all__ = ["add_parser", "run"]
 
@@ -224,7 +224,7 @@ def _publish_rules(args: argparse.Namespace) -> PublishResult:
     tags: list[str] = list(args.tags)
     if published is not None and not args.no_date_tag:
         tags.insert(0, date_tag(published))
-    return publish(
+    return publish_rules(
         args.ref,
         rules,
         version=version,

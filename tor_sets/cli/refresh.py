@@ -1,8 +1,10 @@
 """``tor-sets refresh`` and ``tor-sets status``: keep a deployed rules file fresh, and say what is deployed.
 
-``refresh`` runs :func:`tor_sets.refresh.refresh` once, or every ``--every`` in a loop that SIGTERM and SIGINT
-end cleanly between steps. ``status`` prints what :func:`tor_sets.refresh.status` found (a table, or one JSON
-document with ``--json``). Progress and warnings go to stderr; stdout carries only ``status``'s report.
+``refresh`` runs :func:`tor_sets.deploy.refresh.refresh` once, or every ``--every`` in a loop that SIGTERM and
+SIGINT end cleanly between steps. ``status`` prints what :func:`tor_sets.deploy.refresh.deployment_status` found (a
+table, or one JSON document with ``--json``). Progress and warnings go to stderr; stdout carries only ``status``'s
+report. The library's messages name option fields (``min_relays``); they are shown with the flags
+(``--min-relays``).
 """
 
 from __future__ import annotations
@@ -19,26 +21,28 @@ from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
+from tor_sets.cli import with_flags
 from tor_sets.cli.build import add_rules_arguments, add_source_arguments, build_options, parse_duration
-from tor_sets.errors import StaleDataError
-from tor_sets.onionoo import MAX_CLOCK_SKEW, FetchSettings, default_cache_dir
-from tor_sets.refresh import (
+from tor_sets.deploy.refresh import (
     VALIDATIONS,
+    DeploymentStatus,
     Guards,
     Outcome,
     RefreshOptions,
     Reload,
-    Status,
     Stop,
     Stopped,
     check_falco_pid,
+    deployment_status,
     refresh,
     run_every,
-    status,
     status_document,
 )
+from tor_sets.errors import StaleDataError, TorSetsError
+from tor_sets.onionoo import MAX_CLOCK_SKEW, FetchSettings, default_cache_dir
+from tor_sets.relays import format_age
 
-__all__ = ["add_parser", "run_refresh", "run_status"]
+__all__ = ["add_parser", "log_failure", "run_refresh", "run_status"]
 
 log = logging.getLogger("tor_sets")
 
@@ -331,7 +335,13 @@ def run_refresh(args: argparse.Namespace) -> int:
                 options.output,
                 _format_period(args.every),
             )
-            run_every(options, args.every, stop=stop, on_outcome=lambda o: _log_outcome(o, options.output))
+            run_every(
+                options,
+                args.every,
+                stop=stop,
+                on_outcome=lambda o: _log_outcome(o, options.output),
+                on_failure=log_failure,
+            )
             return 0
         try:
             outcome = refresh(options, stop=stop)
@@ -344,6 +354,11 @@ def run_refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def log_failure(exc: TorSetsError) -> None:
+    """How the ``--every`` loop reports a failed run: one line, ``refresh failed (exit N): ...``, with flags."""
+    log.error("refresh failed (exit %d): %s", exc.exit_code, with_flags(str(exc)))
+
+
 def _format_period(period: timedelta) -> str:
     seconds = int(period.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
@@ -354,7 +369,7 @@ def _format_period(period: timedelta) -> str:
 
 def run_status(args: argparse.Namespace) -> int:
     """Run ``tor-sets status``; return the exit code."""
-    found = status(args.rules, args.state)
+    found = deployment_status(args.rules, args.state)
     stale = args.max_age is not None and found.age is not None and found.age > args.max_age
     if args.json:
         print(json.dumps(status_document(found, args.max_age), indent=2, sort_keys=True))
@@ -366,20 +381,7 @@ def run_status(args: argparse.Namespace) -> int:
     return 0 if found.exists and found.matches and not found.future else 1
 
 
-def _ago(delta: timedelta) -> str:
-    seconds = delta.total_seconds()
-    if seconds < 0:
-        return "-" + _ago(-delta)
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} days"
-
-
-def _status_lines(found: Status, max_age: timedelta | None) -> list[str]:
+def _status_lines(found: DeploymentStatus, max_age: timedelta | None) -> list[str]:
     lines = []
     if found.exists:
         lines.append(f"rules:         {found.rules} ({found.size} bytes, sha256 {found.sha256})")
@@ -411,19 +413,20 @@ def _status_lines(found: Status, max_age: timedelta | None) -> list[str]:
     if found.future:
         assert found.age is not None
         lines.append(
-            f"age:           {_ago(found.age)} — ERROR: the deployed data is dated in the future (more than "
+            f"age:           {format_age(found.age)} — ERROR: the deployed data is dated in the future (more than "
             f"{MAX_CLOCK_SKEW.total_seconds() / 3600:g} h ahead of this host's clock); the next refresh ignores it"
         )
     elif found.age is not None:
         verdict = ""
         if max_age is not None:
             verdict = " — STALE, older than --max-age" if found.age > max_age else " — within --max-age"
-        lines.append(f"age:           {_ago(found.age)}{verdict}")
+        lines.append(f"age:           {format_age(found.age)}{verdict}")
     if found.state is not None:
         failure = found.state.last_failure
         if failure is not None:
             lines.append(
-                f"last failure:  {failure.at:%Y-%m-%d %H:%M:%S} UTC, exit {failure.exit_code}: {failure.message}"
+                f"last failure:  {failure.at:%Y-%m-%d %H:%M:%S} UTC, exit {failure.exit_code}: "
+                f"{with_flags(failure.message)}"
             )
         if found.state.reload_pending:
             lines.append("reload:        PENDING (telling Falco failed; the next refresh tries again)")

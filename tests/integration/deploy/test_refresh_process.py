@@ -26,8 +26,8 @@ import yaml
 
 from tests.conftest import REPO
 from tor_sets.cli import main
+from tor_sets.deploy.refresh import read_state
 from tor_sets.files import TEMP_GRACE_S
-from tor_sets.refresh import read_state
 
 pytestmark = pytest.mark.integration
 
@@ -196,7 +196,7 @@ def test_sigkill_during_the_write_leaves_the_old_or_the_new_file_whole(tmp_path,
 HOLDER = r"""
 import sys
 from pathlib import Path
-from tor_sets.refresh import hold_lock
+from tor_sets.deploy.refresh.lock import hold_lock
 with hold_lock(Path(sys.argv[1]), 5):
     print("held", flush=True)
     sys.stdin.read()
@@ -292,7 +292,7 @@ def test_a_trickling_server_is_cut_at_the_deadline_and_the_lock_released(
 def test_loop_logs_each_failure_and_goes_on(tmp_path, doc, monkeypatch):
     from datetime import timedelta
 
-    from tor_sets.refresh import RefreshOptions, Stop, run_every
+    from tor_sets.deploy.refresh import RefreshOptions, Stop, run_every
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -374,7 +374,8 @@ def test_the_loop_checks_the_pid_again_before_each_sighup(tmp_path, children, do
     """Falco's pid, once checked, may belong to another process later: the next reload checks it again."""
     from datetime import timedelta
 
-    from tor_sets.refresh import RefreshOptions, Reload, Stop, run_every
+    from tor_sets.cli.refresh import log_failure
+    from tor_sets.deploy.refresh import RefreshOptions, Reload, Stop, run_every
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -392,7 +393,10 @@ def test_the_loop_checks_the_pid_again_before_each_sighup(tmp_path, children, do
         _wait_until(lambda: Path(f"/proc/{falco.pid}/comm").read_text() == "not-falco-now\n", "the SIGHUP")
         out.unlink()  # so that the next run writes the file again and reloads
 
-    run_every(options, timedelta(seconds=0.01), stop=Stop(), iterations=2, on_outcome=after_a_run)
+    # the command line's handler of a failed run (`tor-sets refresh --every`), which shows flags
+    run_every(
+        options, timedelta(seconds=0.01), stop=Stop(), iterations=2, on_outcome=after_a_run, on_failure=log_failure
+    )
     errors = [r.getMessage() for r in records if r.levelname == "ERROR"]
     assert errors == [
         f"refresh failed (exit 3): pid {falco.pid} is not a Falco process (its name is 'not-falco-now'); "
@@ -400,7 +404,8 @@ def test_the_loop_checks_the_pid_again_before_each_sighup(tmp_path, children, do
     ]
     assert marker.read_text() == "hup\n" and falco.poll() is None  # one SIGHUP, to Falco only
     state = read_state(tmp_path / "tor_rules.yaml.state.json")
-    assert state is not None and state.reload_pending
+    assert state is not None and state.reload_pending and state.last_failure is not None
+    assert state.last_failure.message.endswith("not sending SIGHUP (reload.pid)")  # the library names the field
 
 
 def test_reload_command_failure_is_exit_3_and_retried(tmp_path, doc, newer_doc, capsys):

@@ -1,12 +1,13 @@
-"""Renderers, artifact blobs, references and credentials of ``tor_sets.fleet``, and the example manifests.
+"""Renderers, artifact blobs, references and credentials of ``tor_sets.deploy.fleet``, and the example manifests.
 
-No network: everything that talks to a registry is in ``tests/integration/test_publish.py``.
+No network: everything that talks to a registry is in ``tests/integration/deploy/test_publish.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import doctest
 import gzip
 import hashlib
 import io
@@ -18,17 +19,50 @@ import sys
 import tarfile
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
-from tor_sets import fleet
 from tor_sets.cli import publish as publish_cli
-from tor_sets.errors import UsageError
-from tor_sets.fleet import RegistryError, RulesHeader
+from tor_sets.deploy.fleet import artifact as fleet_artifact
+from tor_sets.deploy.fleet import index as fleet_index
+from tor_sets.deploy.fleet import kubernetes as fleet_kubernetes
+from tor_sets.deploy.fleet import publish as fleet_publish
+from tor_sets.deploy.fleet import reference as fleet_reference
+from tor_sets.deploy.fleet import registry as fleet_registry
+from tor_sets.deploy.fleet.artifact import (
+    ARTIFACT_TYPES,
+    Artifact,
+    Dependency,
+    Image,
+    PluginIdentity,
+    PluginLibrary,
+    _engine_version_in,
+    artifact_config,
+    asset_artifact,
+    check_version,
+    data_version,
+    default_annotations,
+    engine_requirement,
+    file_layer,
+    floating_tags,
+    plugin_artifact,
+    plugin_dependencies,
+    rulesfile_artifact,
+    rulesfile_config,
+)
+from tor_sets.deploy.fleet.credentials import registry_credentials
+from tor_sets.deploy.fleet.index import IndexEntry, index_entry, merge_index, parse_index
+from tor_sets.deploy.fleet.kubernetes import render_configmap, render_helm_values, render_manifest
+from tor_sets.deploy.fleet.publish import elf_platform, publish_rules, read_plugin
+from tor_sets.deploy.fleet.reference import parse_ref
+from tor_sets.deploy.fleet.registry import PublishResult, _challenge, _is_loopback, _same_host
+from tor_sets.errors import ReferenceSyntaxError, RegistryError, UsageError
+from tor_sets.falco.header import RulesHeader
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "docs" / "examples"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -121,7 +155,7 @@ def rules_text() -> str:
 
 
 def test_configmap_round_trip_is_exact(rules_text: str) -> None:
-    rendered = fleet.render_configmap(rules_text)
+    rendered = render_configmap(rules_text)
     document = yaml.safe_load(rendered)
     assert document["apiVersion"] == "v1"
     assert document["kind"] == "ConfigMap"
@@ -137,7 +171,7 @@ def test_configmap_round_trip_is_exact(rules_text: str) -> None:
 
 
 def test_helm_values_round_trip_is_exact(rules_text: str) -> None:
-    rendered = fleet.render_helm_values(rules_text, filename="tor.yaml")
+    rendered = render_helm_values(rules_text, filename="tor.yaml")
     assert yaml.safe_load(rendered) == {"customRules": {"tor.yaml": rules_text}}
     assert rendered.startswith("customRules:\n  tor.yaml: |\n")
 
@@ -156,17 +190,17 @@ def test_helm_values_round_trip_is_exact(rules_text: str) -> None:
     ],
 )
 def test_round_trip_of_awkward_texts(text: str) -> None:
-    assert yaml.safe_load(fleet.render_configmap(text))["data"]["tor_rules.yaml"] == text
-    assert yaml.safe_load(fleet.render_helm_values(text))["customRules"]["tor_rules.yaml"] == text
+    assert yaml.safe_load(render_configmap(text))["data"]["tor_rules.yaml"] == text
+    assert yaml.safe_load(render_helm_values(text))["customRules"]["tor_rules.yaml"] == text
 
 
 def test_renderers_are_deterministic(rules_text: str) -> None:
-    assert fleet.render_configmap(rules_text) == fleet.render_configmap(rules_text)
-    assert fleet.render_helm_values(rules_text) == fleet.render_helm_values(rules_text)
+    assert render_configmap(rules_text) == render_configmap(rules_text)
+    assert render_helm_values(rules_text) == render_helm_values(rules_text)
 
 
 def test_configmap_names_and_labels() -> None:
-    rendered = fleet.render_configmap(
+    rendered = render_configmap(
         "- list: a\n  items: []\n",
         name="tor.rules",
         namespace="security",
@@ -187,55 +221,34 @@ def test_configmap_names_and_labels() -> None:
     [("name", "Tor_Rules"), ("name", "-x"), ("namespace", "a.b"), ("namespace", "x" * 64), ("filename", "a/b.yaml")],
 )
 def test_configmap_refuses_invalid_names(option: str, value: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(repr(value))):
+    with pytest.raises(UsageError, match=re.escape(repr(value))):
         options: dict[str, Any] = {option: value}
-        fleet.render_configmap("x\n", **options)
+        render_configmap("x\n", **options)
 
 
 def test_render_by_format_and_size_warning(caplog: pytest.LogCaptureFixture) -> None:
-    assert fleet.render("helm-values", "a\n") == fleet.render_helm_values("a\n")
-    assert fleet.render("configmap", "a\n", name="n", namespace="ns") == fleet.render_configmap(
+    assert render_manifest("helm-values", "a\n") == render_helm_values("a\n")
+    assert render_manifest("configmap", "a\n", name="n", namespace="ns") == render_configmap(
         "a\n", name="n", namespace="ns"
     )
-    with pytest.raises(ValueError, match="unknown format"):
-        fleet.render("json", "a\n")
+    with pytest.raises(UsageError, match="unknown format"):
+        render_manifest("json", "a\n")
     big = (
         "- list: big\n  items: ["
         + ", ".join(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}" for i in range(100_000))
         + "]\n"
     )
-    with caplog.at_level(logging.WARNING, logger="tor_sets.fleet"):
-        fleet.render("configmap", big)
+    with caplog.at_level(logging.WARNING, logger="tor_sets.deploy.fleet.kubernetes"):
+        render_manifest("configmap", big)
     assert "Kubernetes refuses objects over 1048576" in caplog.text
 
 
-# --- header and annotations ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (
-            "# tor-sets 0.1.0\n# source: bundled:x.json.gz\n# relays_published: 2026-02-28 01:00:00 UTC\n- list: a\n",
-            RulesHeader("bundled:x.json.gz", datetime(2026, 2, 28, 1, tzinfo=UTC), "0.1.0"),
-        ),
-        (
-            "# generated by tor-sets 2.3.4rc1\n\n# relays_published: 2026-02-28T01:00:00Z\n",
-            RulesHeader(None, datetime(2026, 2, 28, 1, tzinfo=UTC), "2.3.4rc1"),
-        ),
-        ("# relays_published: 2026-02-28T02:00:00+01:00\n", RulesHeader(None, datetime(2026, 2, 28, 1, tzinfo=UTC))),
-        ("# relays_published: yesterday\n# tor-sets: not a version\n", RulesHeader()),
-        ("- list: a\n# relays_published: 2026-02-28 01:00:00\n", RulesHeader()),  # only the leading comments
-        ("", RulesHeader()),
-    ],
-)
-def test_read_header(text: str, expected: RulesHeader) -> None:
-    assert fleet.read_header(text) == expected
+# --- annotations from the header ----------------------------------------------------------------------------
 
 
 def test_default_annotations_come_from_the_file_alone() -> None:
     header = RulesHeader("https://onionoo.example/details", datetime(2026, 2, 28, 1, tzinfo=UTC), "0.1.0")
-    assert fleet.default_annotations(header, filename="tor_rules.yaml", tool_version="9.9.9") == {
+    assert default_annotations(header, filename="tor_rules.yaml", tool_version="9.9.9") == {
         "org.opencontainers.image.title": "tor_rules.yaml",
         "org.opencontainers.image.created": "2026-02-28T01:00:00Z",
         "org.opencontainers.image.source": "https://onionoo.example/details",
@@ -243,7 +256,7 @@ def test_default_annotations_come_from_the_file_alone() -> None:
         "tor-sets.data_source": "https://onionoo.example/details",
         "tor-sets.version": "0.1.0",
     }
-    bare = fleet.default_annotations(RulesHeader(source="bundled:x"), filename="r.yaml", tool_version="9.9.9")
+    bare = default_annotations(RulesHeader(source="bundled:x"), filename="r.yaml", tool_version="9.9.9")
     assert bare == {
         "org.opencontainers.image.title": "r.yaml",
         "tor-sets.data_source": "bundled:x",
@@ -256,9 +269,9 @@ def test_default_annotations_come_from_the_file_alone() -> None:
 
 def test_layer_is_deterministic_and_falcoctl_shaped(rules_text: str) -> None:
     rules = rules_text.encode()
-    layer = fleet.file_layer(rules, "tor_rules.yaml")
-    assert layer == fleet.file_layer(rules, "tor_rules.yaml")
-    assert layer != fleet.file_layer(rules + b"\n", "tor_rules.yaml")
+    layer = file_layer(rules, "tor_rules.yaml")
+    assert layer == file_layer(rules, "tor_rules.yaml")
+    assert layer != file_layer(rules + b"\n", "tor_rules.yaml")
     assert layer[:2] == b"\x1f\x8b" and layer[4:8] == b"\0\0\0\0"  # gzip, mtime 0
     assert layer[3] & 0x08 == 0  # no file name in the gzip header
     raw = gzip.decompress(layer)
@@ -274,12 +287,23 @@ def test_layer_is_deterministic_and_falcoctl_shaped(rules_text: str) -> None:
 @pytest.mark.parametrize("name", ["rules/tor_rules.yaml", "..", "", "a..b"])
 def test_layer_refuses_paths(name: str) -> None:
     """falcoctl refuses any tar entry whose name holds '..' (internal/utils/extract.go, ExtractTarGz)."""
-    with pytest.raises(ValueError):
-        fleet.file_layer(b"x", name)
+    with pytest.raises(UsageError, match="not a plain file name"):
+        file_layer(b"x", name)
+
+
+def test_bad_inputs_are_usage_errors_not_value_errors() -> None:
+    """Issue 15.4: every deliberate error is a TorSetsError (these three used to be ValueError)."""
+    with pytest.raises(UsageError, match="major version -1 is negative"):
+        data_version(datetime(2026, 2, 28, tzinfo=UTC), -1)
+    image = Image("plugin", b"{}", b"", "libtorsets.tar.gz", {})  # no platform
+    with pytest.raises(UsageError, match="names its platform"):
+        Artifact("plugin", "torsets", "0.1.0", (image,)).root()
+    with pytest.raises(UsageError, match="unknown format 'json'; choose one of configmap, helm-values"):
+        render_manifest("json", "a\n")
 
 
 def test_plugin_layer_is_executable() -> None:
-    with tarfile.open(fileobj=io.BytesIO(fleet.file_layer(b"\x7fELF", "libtorsets.so", mode=0o755))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(file_layer(b"\x7fELF", "libtorsets.so", mode=0o755))) as tar:
         (member,) = tar.getmembers()
         assert (member.name, member.mode, member.isfile()) == ("libtorsets.so", 0o755, True)
 
@@ -288,23 +312,23 @@ def test_plugin_layer_is_executable() -> None:
     ("given", "expected"), [("26", "0.26.0"), ("12", "0.12.0"), ("0.31.0", "0.31.0"), ("0.62.0", "0.62.0")]
 )
 def test_engine_requirement(given: str, expected: str) -> None:
-    assert fleet.engine_requirement(given) == expected
+    assert engine_requirement(given) == expected
 
 
 @pytest.mark.parametrize("given", ["0.31", "v0.31.0", "0.31.0-rc1", "latest", "026", ""])
 def test_engine_requirement_refuses(given: str) -> None:
     with pytest.raises(RegistryError, match="engine version"):
-        fleet.engine_requirement(given)
+        engine_requirement(given)
 
 
 def test_config_is_falcoctl_artifact_config() -> None:
-    config = json.loads(fleet.rulesfile_config("tor-rules", "1.20260228.100", engine_version="0.31.0"))
+    config = json.loads(rulesfile_config("tor-rules", "1.20260228.100", engine_version="0.31.0"))
     assert config == {
         "name": "tor-rules",
         "version": "1.20260228.100",
         "requirements": [{"name": "engine_version_semver", "version": "0.31.0"}],
     }
-    bare = fleet.rulesfile_config("tor-rules", "1.2.3", engine_version=None)
+    bare = rulesfile_config("tor-rules", "1.2.3", engine_version=None)
     assert bare == b'{"name":"tor-rules","version":"1.2.3"}'  # Go's omitempty: no empty lists
 
 
@@ -319,11 +343,11 @@ def test_config_is_falcoctl_artifact_config() -> None:
     ],
 )
 def test_engine_version_in_rules(line: str, expected: str | None) -> None:
-    assert fleet._engine_version_in(f"# header\n\n{line}\n- list: a\n  items: []\n") == expected
+    assert _engine_version_in(f"# header\n\n{line}\n- list: a\n  items: []\n") == expected
 
 
 def test_manifest_shape() -> None:
-    artifact = fleet.rulesfile_artifact(
+    artifact = rulesfile_artifact(
         b"- list: a\n  items: []\n",
         "tor_rules.yaml",
         name="tor-rules",
@@ -368,7 +392,7 @@ def test_manifest_shape() -> None:
     ],
 )
 def test_data_version(published: datetime, major: int, expected: str) -> None:
-    version = fleet.data_version(published, major)
+    version = data_version(published, major)
     assert version == expected
     assert _BLANG_SEMVER.fullmatch(version), "blang/semver's strict Parse refuses leading zeros"
 
@@ -379,25 +403,25 @@ _BLANG_SEMVER = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-
 
 def test_data_version_grows_with_the_data() -> None:
     times = [datetime(2026, 2, 28, 23, 0, tzinfo=UTC) + timedelta(minutes=30 * i) for i in range(6)]
-    versions = [tuple(int(p) for p in fleet.data_version(t).split(".")) for t in times]
+    versions = [tuple(int(p) for p in data_version(t).split(".")) for t in times]
     assert versions == sorted(versions) and len(set(versions)) == len(versions)
 
 
 def test_floating_tags_are_falcoctls() -> None:
     """``falcoctl registry push --add-floating-tags`` adds version, "Major" and "Major.Minor"
     (falcosecurity/falcoctl, cmd/registry/push/push.go)."""
-    assert fleet.floating_tags("1.20260228.100") == ("1", "1.20260228")
-    assert fleet.floating_tags("0.1.0") == ("0", "0.1")
+    assert floating_tags("1.20260228.100") == ("1", "1.20260228")
+    assert floating_tags("0.1.0") == ("0", "0.1")
 
 
 @pytest.mark.parametrize("version", ["1.2", "01.2.3", "1.02.3", "1.2.03", "v1.2.3", "1.2.3-rc1", "1.2.3+x", ""])
 def test_check_version_refuses(version: str) -> None:
     with pytest.raises(UsageError, match="MAJOR.MINOR.PATCH"):
-        fleet.check_version(version)
+        check_version(version)
 
 
 def test_artifact_tags_fixed_first_then_moving() -> None:
-    artifact = fleet.Artifact("rulesfile", "tor-rules", "1.20260228.100", ())
+    artifact = Artifact("rulesfile", "tor-rules", "1.20260228.100", ())
     assert artifact.tags("latest", ["2026-02-28T0100", "stable"]) == (
         "1.20260228.100",
         "2026-02-28T0100",
@@ -444,7 +468,7 @@ def test_artifact_tags_fixed_first_then_moving() -> None:
 def test_plugin_dependencies_as_falcoctl_copies_them(rules: str, expected: list[dict[str, object]]) -> None:
     """falcoctl's registry push unmarshals the rules file's ``required_plugin_versions`` into ``[]ArtifactDependency``
     (cmd/registry/push/push.go, rulesConfigLayer; pkg/oci/types.go)."""
-    assert [d.as_json() for d in fleet.plugin_dependencies(rules)] == expected
+    assert [d.as_json() for d in plugin_dependencies(rules)] == expected
 
 
 @pytest.mark.parametrize(
@@ -462,14 +486,14 @@ def test_plugin_dependencies_refuses(rules: str) -> None:
     from tor_sets.errors import RuleError
 
     with pytest.raises(RuleError, match="my.yaml"):
-        fleet.plugin_dependencies(rules, where="my.yaml")
+        plugin_dependencies(rules, where="my.yaml")
 
 
 def test_artifact_config_key_order_and_omitempty() -> None:
     """pkg/oci/types.go: ``ArtifactConfig{Name, Version, Dependencies, Requirements}``, each ``omitempty``;
     ``SetRequirement`` keeps requirements sorted by name."""
-    dependency = fleet.Dependency("torsets", "0.1.0", (fleet.Dependency("torsets-lite", "0.1.0"),))
-    config = fleet.artifact_config("r", "1.0.0", dependencies=[dependency], requirements={"z": "1.0.0", "a": "2.0.0"})
+    dependency = Dependency("torsets", "0.1.0", (Dependency("torsets-lite", "0.1.0"),))
+    config = artifact_config("r", "1.0.0", dependencies=[dependency], requirements={"z": "1.0.0", "a": "2.0.0"})
     assert config == (
         b'{"name":"r","version":"1.0.0","dependencies":[{"name":"torsets","version":"0.1.0","alternatives":'
         b'[{"name":"torsets-lite","version":"0.1.0"}]}],"requirements":[{"name":"a","version":"2.0.0"},'
@@ -479,7 +503,7 @@ def test_artifact_config_key_order_and_omitempty() -> None:
 
 def test_rulesfile_artifact_copies_dependencies_and_engine() -> None:
     rules = b"- required_engine_version: 0.40.0\n- required_plugin_versions:\n  - name: torsets\n    version: 0.1.0\n"
-    artifact = fleet.rulesfile_artifact(
+    artifact = rulesfile_artifact(
         rules, "tor_plugin_rules.yaml", name="tor-plugin-rules", version="1.20260228.100", engine_version=None
     )
     assert json.loads(artifact.images[0].config) == {
@@ -492,7 +516,7 @@ def test_rulesfile_artifact_copies_dependencies_and_engine() -> None:
 
 
 def test_asset_artifact() -> None:
-    artifact = fleet.asset_artifact(b"TORSETS\0", "tor.table", name="tor-table", version="1.20260228.100")
+    artifact = asset_artifact(b"TORSETS\0", "tor.table", name="tor-table", version="1.20260228.100")
     (image,) = artifact.images
     assert json.loads(image.config) == {"name": "tor-table", "version": "1.20260228.100"}
     manifest = json.loads(image.manifest())
@@ -502,15 +526,13 @@ def test_asset_artifact() -> None:
     assert artifact.root()[0] == "application/vnd.oci.image.manifest.v1+json"
 
 
-def _library(arch: str = "amd64", **identity: str) -> fleet.PluginLibrary:
+def _library(arch: str = "amd64", **identity: str) -> PluginLibrary:
     fields = {"name": "torsets", "version": "0.1.0", "required_api_version": "3.3.0", "description": "d"} | identity
-    return fleet.PluginLibrary(
-        b"\x7fELF" + arch.encode(), "libtorsets.so", ("linux", arch), fleet.PluginIdentity(**fields)
-    )
+    return PluginLibrary(b"\x7fELF" + arch.encode(), "libtorsets.so", ("linux", arch), PluginIdentity(**fields))
 
 
 def test_plugin_artifact_is_an_index_of_platform_manifests() -> None:
-    artifact = fleet.plugin_artifact([_library("arm64"), _library("amd64")], {"org.opencontainers.image.source": "x"})
+    artifact = plugin_artifact([_library("arm64"), _library("amd64")], {"org.opencontainers.image.source": "x"})
     media_type, body = artifact.root()
     assert media_type == "application/vnd.oci.image.index.v1+json"
     index = json.loads(body)
@@ -541,9 +563,9 @@ def test_plugin_artifact_is_an_index_of_platform_manifests() -> None:
         ([_library("amd64"), _library("arm64", version="0.2.0")], "disagree"),
     ],
 )
-def test_plugin_artifact_refuses(libraries: list[fleet.PluginLibrary], message: str) -> None:
+def test_plugin_artifact_refuses(libraries: list[PluginLibrary], message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        fleet.plugin_artifact(libraries)
+        plugin_artifact(libraries)
 
 
 def _elf(cls: int = 2, data: int = 1, machine: int = 0x3E) -> bytes:
@@ -551,8 +573,8 @@ def _elf(cls: int = 2, data: int = 1, machine: int = 0x3E) -> bytes:
 
 
 def test_elf_platform() -> None:
-    assert fleet.elf_platform(_elf()) == ("linux", "amd64")
-    assert fleet.elf_platform(_elf(machine=0xB7)) == ("linux", "arm64")
+    assert elf_platform(_elf()) == ("linux", "amd64")
+    assert elf_platform(_elf(machine=0xB7)) == ("linux", "arm64")
     for bad, message in [
         (b"MZ" + bytes(30), "not an ELF"),
         (_elf(cls=1), "64-bit"),
@@ -561,27 +583,25 @@ def test_elf_platform() -> None:
         (b"\x7fELF", "not an ELF"),
     ]:
         with pytest.raises(UsageError, match=message):
-            fleet.elf_platform(bad)
+            elf_platform(bad)
 
 
 def test_read_plugin_refuses_what_is_not_a_loadable_plugin(tmp_path: Path) -> None:
     text = tmp_path / "libtorsets.so"
     text.write_text("not a library")
     with pytest.raises(UsageError, match="not an ELF"):
-        fleet.read_plugin(text)
+        read_plugin(text)
     foreign = tmp_path / "libforeign.so"
-    foreign.write_bytes(
-        _elf(machine=0xB7 if fleet.elf_platform(Path(sys.executable).read_bytes())[1] == "amd64" else 0x3E)
-    )
+    foreign.write_bytes(_elf(machine=0xB7 if elf_platform(Path(sys.executable).read_bytes())[1] == "amd64" else 0x3E))
     with pytest.raises(UsageError, match="cannot load plugin library .*libforeign.so on this machine"):
-        fleet.read_plugin(foreign)
+        read_plugin(foreign)
     with pytest.raises(UsageError, match="cannot read plugin library"):
-        fleet.read_plugin(tmp_path / "missing.so")
+        read_plugin(tmp_path / "missing.so")
 
 
 def test_annotations_never_carry_user_information() -> None:
     """Issue 13, item 13: whatever the caller passes, a URL's user information never reaches a manifest."""
-    image = fleet.Image(
+    image = Image(
         "rulesfile",
         b"{}",
         b"",
@@ -595,7 +615,7 @@ def test_annotations_never_carry_user_information() -> None:
         "x": "see http://***@c.example/",
     }
     header = RulesHeader(source="http://u:secret@onionoo.example/details")
-    annotations = fleet.default_annotations(header, filename="r.yaml", tool_version=None)
+    annotations = default_annotations(header, filename="r.yaml", tool_version=None)
     assert annotations["org.opencontainers.image.source"] == "http://***@onionoo.example/details"
     assert "secret" not in json.dumps(annotations)
 
@@ -606,10 +626,8 @@ def test_annotations_never_carry_user_information() -> None:
 def test_index_entry_names_what_falcoctl_resolves() -> None:
     """pkg/index/index/index.go: ``Entry`` (name, type, registry, repository are mandatory); ``ResolveReference``
     turns ``NAME[:TAG]`` into ``REGISTRY/REPOSITORY:TAG`` through the entry named ``NAME``."""
-    result = fleet.PublishResult(
-        "sha256:" + "0" * 64, "127.0.0.1:5000/sec/torsets:latest", (), "plugin", "torsets", "0.1.0"
-    )
-    entry = fleet.index_entry(result)
+    result = PublishResult("sha256:" + "0" * 64, "127.0.0.1:5000/sec/torsets:latest", (), "plugin", "torsets", "0.1.0")
+    entry = index_entry(result)
     assert (entry.name, entry.type, entry.registry, entry.repository) == (
         "torsets",
         "plugin",
@@ -626,8 +644,8 @@ def test_merge_index_replaces_sorts_and_keeps_the_rest() -> None:
             {"name": "tor-rules", "type": "rulesfile", "registry": "old", "repository": "old"},
         ]
     )
-    entry = fleet.IndexEntry("tor-rules", "rulesfile", "127.0.0.1:5000", "sec/tor-rules")
-    merged = yaml.safe_load(fleet.merge_index(existing, entry))
+    entry = IndexEntry("tor-rules", "rulesfile", "127.0.0.1:5000", "sec/tor-rules")
+    merged = yaml.safe_load(merge_index(existing, entry))
     assert [e["name"] for e in merged] == ["tor-rules", "zeta"]
     assert merged[0] == {
         "name": "tor-rules",
@@ -636,14 +654,14 @@ def test_merge_index_replaces_sorts_and_keeps_the_rest() -> None:
         "repository": "sec/tor-rules",
     }
     assert merged[1]["signature"] == {"cosign": {}}  # unknown to us, kept
-    again = fleet.merge_index(fleet.merge_index(existing, entry), entry)
-    assert again == fleet.merge_index(existing, entry)
+    again = merge_index(merge_index(existing, entry), entry)
+    assert again == merge_index(existing, entry)
 
 
 @pytest.mark.parametrize("text", ["a: b\n", "- name: a\n- name: a\n", "- type: plugin\n", "[unclosed\n"])
 def test_parse_index_refuses(text: str) -> None:
     with pytest.raises(UsageError, match="index"):
-        fleet.parse_index(text)
+        parse_index(text)
 
 
 @pytest.mark.parametrize(
@@ -660,7 +678,7 @@ def test_parse_index_refuses(text: str) -> None:
     ],
 )
 def test_challenge(header: str, expected: tuple[str, dict[str, str]]) -> None:
-    assert fleet._challenge(header) == expected
+    assert _challenge(header) == expected
 
 
 # --- references, plain HTTP, credentials ---------------------------------------------------------------------
@@ -683,7 +701,7 @@ def test_challenge(header: str, expected: tuple[str, dict[str, str]]) -> None:
     ],
 )
 def test_parse_ref(ref: str, registry: str, repository: str, reference: str) -> None:
-    parsed = fleet.parse_ref(ref)
+    parsed = parse_ref(ref)
     assert (parsed.registry, parsed.repository, parsed.reference) == (registry, repository, reference)
 
 
@@ -711,8 +729,8 @@ def test_parse_ref(ref: str, registry: str, repository: str, reference: str) -> 
     ],
 )
 def test_parse_ref_refuses(ref: str) -> None:
-    with pytest.raises(fleet.ReferenceSyntaxError, match="reference") as caught:
-        fleet.parse_ref(ref)
+    with pytest.raises(ReferenceSyntaxError, match="reference") as caught:
+        parse_ref(ref)
     assert caught.value.exit_code == 2  # a usage error
     assert isinstance(caught.value, RegistryError) and isinstance(caught.value, UsageError)
 
@@ -726,9 +744,9 @@ def test_registry_part_is_the_host_the_http_library_connects_to(url: str) -> Non
     import urllib3
 
     registry = url.split("/")[2]
-    parsed = urllib3.util.parse_url(f"{url.split(':')[0]}://{fleet.parse_ref(registry + '/tor').registry}/v2/")
+    parsed = urllib3.util.parse_url(f"{url.split(':')[0]}://{parse_ref(registry + '/tor').registry}/v2/")
     assert parsed.auth is None
-    assert fleet._same_host(parsed.host or "", registry)
+    assert _same_host(parsed.host or "", registry)
 
 
 @pytest.mark.parametrize(
@@ -748,31 +766,31 @@ def test_registry_part_is_the_host_the_http_library_connects_to(url: str) -> Non
     ],
 )
 def test_loopback(registry: str, loopback: bool) -> None:
-    assert fleet._is_loopback(registry) is loopback
+    assert _is_loopback(registry) is loopback
 
 
 def test_plain_http_to_a_remote_host_is_refused_before_anything_else(tmp_path: Path) -> None:
     missing = tmp_path / "not-there.yaml"  # not read: the refusal comes first
     with pytest.raises(RegistryError, match=r"plain HTTP is allowed only for a loopback registry.*registry\.example"):
-        fleet.publish("oci://registry.example.com/tor:latest", missing, version="1.2.3", plain_http=True)
+        publish_rules("oci://registry.example.com/tor:latest", missing, version="1.2.3", plain_http=True)
 
 
 def test_publish_checks_tags_and_ref_before_the_network(tmp_path: Path) -> None:
     rules = tmp_path / "tor_rules.yaml"
     rules.write_text("- list: a\n  items: []\n")
     with pytest.raises(RegistryError, match="not a valid tag"):
-        fleet.publish("127.0.0.1:1/tor:latest", rules, version="1.2.3", extra_tags=["a b"])
+        publish_rules("127.0.0.1:1/tor:latest", rules, version="1.2.3", extra_tags=["a b"])
     with pytest.raises(RegistryError, match="not a digest"):
-        fleet.publish("127.0.0.1:1/tor@sha256:" + "0" * 64, rules, version="1.2.3")
+        publish_rules("127.0.0.1:1/tor@sha256:" + "0" * 64, rules, version="1.2.3")
     with pytest.raises(UsageError, match="not MAJOR.MINOR.PATCH"):
-        fleet.publish("127.0.0.1:1/tor:latest", rules, version="1.2")
+        publish_rules("127.0.0.1:1/tor:latest", rules, version="1.2")
 
 
 def test_missing_rules_file_is_a_rule_error(tmp_path: Path) -> None:
     from tor_sets.errors import RuleError
 
     with pytest.raises(RuleError, match="cannot read rules file"):
-        fleet.publish("127.0.0.1:1/tor:latest", tmp_path / "none.yaml", version="1.2.3")
+        publish_rules("127.0.0.1:1/tor:latest", tmp_path / "none.yaml", version="1.2.3")
 
 
 def _docker_config(folder: Path, auths: dict[str, object], **extra: object) -> dict[str, str]:
@@ -784,14 +802,14 @@ def _docker_config(folder: Path, auths: dict[str, object], **extra: object) -> d
 def test_credentials_from_environment_first(tmp_path: Path) -> None:
     env = _docker_config(tmp_path / "docker", {"r.example.com": {"auth": base64.b64encode(b"d:dpw").decode()}})
     env |= {"TOR_SETS_REGISTRY_USERNAME": "alice", "TOR_SETS_REGISTRY_PASSWORD": "pa:ss"}
-    found = fleet.registry_credentials("r.example.com", env)
+    found = registry_credentials("r.example.com", env)
     assert found is not None and (found.username, found.password) == ("alice", "pa:ss")
     assert "pa:ss" not in repr(found)
 
 
 def test_credentials_need_both_variables() -> None:
     with pytest.raises(RegistryError, match="both"):
-        fleet.registry_credentials("r.example.com", {"TOR_SETS_REGISTRY_USERNAME": "alice", "HOME": "/nonexistent"})
+        registry_credentials("r.example.com", {"TOR_SETS_REGISTRY_USERNAME": "alice", "HOME": "/nonexistent"})
 
 
 @pytest.mark.parametrize(
@@ -804,29 +822,29 @@ def test_credentials_need_both_variables() -> None:
 )
 def test_credentials_from_docker_config(tmp_path: Path, key: str, entry: dict[str, str]) -> None:
     env = _docker_config(tmp_path / "docker", {key: entry, "other.example.com": {"auth": "eDp5"}})
-    found = fleet.registry_credentials("r.example.com:5000", env)
+    found = registry_credentials("r.example.com:5000", env)
     assert found is not None and (found.username, found.password) == ("bob", "s3:cret")
-    assert fleet.registry_credentials("unknown.example.com", env) is None
+    assert registry_credentials("unknown.example.com", env) is None
 
 
 def test_credentials_default_docker_config_and_none(tmp_path: Path) -> None:
-    assert fleet.registry_credentials("r.example.com", {"HOME": str(tmp_path)}) is None
+    assert registry_credentials("r.example.com", {"HOME": str(tmp_path)}) is None
     env = _docker_config(tmp_path / ".docker", {"r.example.com": {"username": "u", "password": "p"}})
     del env["DOCKER_CONFIG"]
-    found = fleet.registry_credentials("r.example.com", env)
+    found = registry_credentials("r.example.com", env)
     assert found is not None and found.username == "u"
 
 
 def test_broken_docker_config_names_the_file_not_its_content(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"auths": {"r.example.com": {"auth": "SECRET-VALUE"')
     with pytest.raises(RegistryError, match="not readable JSON") as caught:
-        fleet.registry_credentials("r.example.com", {"DOCKER_CONFIG": str(tmp_path)})
+        registry_credentials("r.example.com", {"DOCKER_CONFIG": str(tmp_path)})
     assert "SECRET" not in str(caught.value)
 
 
 def test_credential_helper_missing_means_anonymous(tmp_path: Path) -> None:
     env = _docker_config(tmp_path / "docker", {}, credsStore="tor-sets-test-no-such-helper")
-    assert fleet.registry_credentials("r.example.com", env) is None
+    assert registry_credentials("r.example.com", env) is None
 
 
 # --- the command line ----------------------------------------------------------------------------------------
@@ -1013,7 +1031,7 @@ def test_falcoctl_values_use_the_charts_names(name: str) -> None:
     assert set(config["artifact"]) <= _FALCOCTL_ARTIFACT
     assert set(config["artifact"]["install"]) <= _FALCOCTL_INSTALL
     assert set(config["artifact"]["follow"]) <= _FALCOCTL_FOLLOW
-    assert set(config["artifact"]["allowedTypes"]) <= set(fleet.ARTIFACT_TYPES)
+    assert set(config["artifact"]["allowedTypes"]) <= set(ARTIFACT_TYPES)
 
 
 def test_falcoctl_plugin_values_install_three_artifacts_and_follow_the_table() -> None:
@@ -1057,10 +1075,10 @@ def test_fleet_doc_shows_the_index_entry_publish_writes() -> None:
     text = (REPO / "docs" / "fleet.md").read_text()
     section = text[text.index("### Installing by name") :]
     (shown,) = re.findall(r"```yaml\n(.*?)```", section[: section.index("```sh")], flags=re.S)
-    result = fleet.PublishResult(
+    result = PublishResult(
         "sha256:" + "0" * 64, "registry.example.com/security/tor-rules:latest", (), "rulesfile", "tor-rules", "1.0.0"
     )
-    assert fleet.merge_index(None, fleet.index_entry(result)) == shown
+    assert merge_index(None, index_entry(result)) == shown
 
 
 @pytest.mark.parametrize("name", ["configmap.yaml", "helm-values.yaml"])
@@ -1069,13 +1087,16 @@ def test_rendered_examples_are_what_the_renderer_writes(name: str) -> None:
     body = "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#"))
     document = yaml.safe_load(body)
     if name == "configmap.yaml":
-        assert fleet.render_configmap(document["data"]["tor_rules.yaml"]) == body
+        assert render_configmap(document["data"]["tor_rules.yaml"]) == body
     else:
-        assert fleet.render_helm_values(document["customRules"]["tor_rules.yaml"]) == body
+        assert render_helm_values(document["customRules"]["tor_rules.yaml"]) == body
 
 
-def test_doctests() -> None:
-    import doctest
-
-    failures, tried = doctest.testmod(fleet)
-    assert tried > 5 and failures == 0
+@pytest.mark.parametrize(
+    "module",
+    [fleet_artifact, fleet_index, fleet_kubernetes, fleet_publish, fleet_reference, fleet_registry],
+    ids=lambda module: module.__name__,
+)
+def test_doctests(module: ModuleType) -> None:
+    failures, tried = doctest.testmod(module)
+    assert tried > 0 and failures == 0

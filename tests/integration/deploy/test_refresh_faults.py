@@ -28,9 +28,9 @@ import pytest
 import yaml
 
 from tests.support.onionoo_server import free_port
-from tor_sets.cli import main
+from tor_sets.cli import OPTION_FLAGS, main, with_flags
+from tor_sets.deploy.refresh import read_state
 from tor_sets.falco.load import load_rules
-from tor_sets.refresh import read_state
 
 pytestmark = pytest.mark.integration
 
@@ -412,7 +412,8 @@ def test_fault(case: Case, onionoo_server, deployed: Path, bundled_bytes, capsys
     assert deployed.read_bytes() == before
     assert state_before is not None and state.deployed == state_before.deployed
     assert state.last_failure is not None and state.last_failure.exit_code == case.code
-    assert state.last_failure.message == line.removeprefix("tor-sets: error: ")
+    assert with_flags(state.last_failure.message) == line.removeprefix("tor-sets: error: ")
+    assert not any(flag in state.last_failure.message for flag in OPTION_FLAGS.values())  # it names option fields
     TABLE.append((case.name, code, line))
 
 

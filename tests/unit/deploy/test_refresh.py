@@ -1,4 +1,4 @@
-"""tor_sets.refresh and `tor-sets refresh`/`status` without network or engines: guards, validation, state, flags."""
+"""tor_sets.deploy.refresh, `tor-sets refresh` and `status` without network or engines: guards, validation, state."""
 
 from __future__ import annotations
 
@@ -15,12 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tor_sets import refresh as refresh_module
 from tor_sets.build import BuildOptions, build
-from tor_sets.cli import main
-from tor_sets.errors import RuleError, SanityError, TorSetsError, UsageError
-from tor_sets.falco.generate import RulesOptions
-from tor_sets.refresh import (
+from tor_sets.cli import main, with_flags
+from tor_sets.deploy.refresh import (
     Deployed,
     Failure,
     Guards,
@@ -29,13 +26,22 @@ from tor_sets.refresh import (
     Stop,
     Stopped,
     check_guards,
-    options_digest,
+    deployment_status,
     read_state,
     refresh,
-    status,
     validate_rules,
 )
-from tor_sets.relays import Role
+from tor_sets.deploy.refresh import guards as guards_module
+from tor_sets.deploy.refresh import lock as lock_module
+from tor_sets.deploy.refresh import reload as reload_module
+from tor_sets.deploy.refresh import run as run_module
+from tor_sets.deploy.refresh import state as state_module
+from tor_sets.deploy.refresh import validate as validate_module
+from tor_sets.deploy.refresh.state import options_digest
+from tor_sets.errors import RuleError, SanityError, StaleDataError, TorSetsError, UsageError
+from tor_sets.falco.generate import RulesOptions
+from tor_sets.onionoo import obtain
+from tor_sets.relays import Role, format_age
 
 
 @pytest.fixture(autouse=True)
@@ -56,8 +62,13 @@ def _options(out: Path, source: Path, **kw: object) -> RefreshOptions:
     return RefreshOptions(output=out, input_path=source, validate="yaml", **kw)  # type: ignore[arg-type]
 
 
-def test_doctests():
-    assert doctest.testmod(refresh_module).failed == 0
+@pytest.mark.parametrize(
+    "module",
+    [guards_module, lock_module, reload_module, run_module, state_module, validate_module],
+    ids=lambda m: m.__name__,
+)
+def test_doctests(module):
+    assert doctest.testmod(module).failed == 0
 
 
 # ---------------------------------------------------------------------------------------------------- guards
@@ -164,7 +175,7 @@ def test_options_digest_is_stable_across_processes_and_follows_the_options():
     options = BuildOptions(rules=RulesOptions(roles=frozenset({Role.ENTRY, Role.EXIT, Role.RELAY})))
     code = (
         "from tor_sets.build import BuildOptions; from tor_sets.falco.generate import RulesOptions; "
-        "from tor_sets.relays import Role; from tor_sets.refresh import options_digest; "
+        "from tor_sets.relays import Role; from tor_sets.deploy.refresh.state import options_digest; "
         "print(options_digest(BuildOptions(rules=RulesOptions(roles=frozenset({Role.ENTRY, Role.EXIT, Role.RELAY})))))"
     )
     digests = {
@@ -237,7 +248,7 @@ def test_stale_is_reported_not_hidden(tmp_path, bundled_bytes):
     stale = refresh(_options(out, march, max_age=timedelta(hours=6)), now=lambda: now)
     assert stale.action == "unchanged"
     assert stale.stale == (
-        "the newest good relay data (of 2026-03-01 00:00 UTC) is 7.0 h old, older than the allowed 6.0 h (--max-age)"
+        "the newest good relay data (of 2026-03-01 00:00 UTC) is 7.0 h old, older than the allowed 6.0 h (max_age)"
     )
 
 
@@ -337,18 +348,17 @@ def test_status_of_missing_built_and_refreshed_files(tmp_path, bundled_bytes, ca
     assert doc["schema"] == 1 and doc["stale"] is False and doc["matches_state"] is True
     assert doc["state"]["deployed"]["relays_published"] == "2026-03-01 00:00:00"
     assert list(doc) == sorted(doc)
-    found = status(out)
+    found = deployment_status(out)
     assert found.exists and found.matches and found.age is not None
 
 
 def test_the_loop_ends_with_exit_7_when_the_data_grows_stale(tmp_path, bundled_bytes):
-    from tor_sets.errors import StaleDataError
-    from tor_sets.refresh import run_every
+    from tor_sets.deploy.refresh import run_every
 
     march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
     options = _options(tmp_path / "tor_rules.yaml", march, max_age=timedelta(hours=6))
     outcomes: list[object] = []
-    with pytest.raises(StaleDataError, match=r"older than the allowed 6.0 h \(--max-age\)") as info:
+    with pytest.raises(StaleDataError, match=r"older than the allowed 6.0 h \(max_age\)$") as info:
         run_every(options, timedelta(seconds=0.01), stop=Stop(), iterations=5, on_outcome=outcomes.append)
     assert info.value.exit_code == 7 and len(outcomes) == 1  # deployed, reported, then the loop ended
     assert (tmp_path / "tor_rules.yaml").exists()
@@ -407,3 +417,83 @@ def test_a_future_dated_state_is_ignored_with_a_warning_so_refresh_recovers(tmp_
     assert state is not None and state.deployed is not None
     assert state.deployed.relays_published == datetime(2026, 4, 1)
     assert main(["status", str(out)]) == 0
+
+
+# ---------------------------------------------------------------------------------------------------- messages
+
+
+def test_the_library_names_option_fields_and_the_cli_shows_flags(tmp_path, bundled_bytes, capsys):
+    """Issue 15.4: a guard's SanityError names ``min_relays``; the error line and ``status`` show ``--min-relays``."""
+    march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
+    out = tmp_path / "tor_rules.yaml"
+    with pytest.raises(
+        SanityError, match=r"^only 9491 running relays in the data \(at least 10000 required, min_relays\)$"
+    ):
+        refresh(_options(out, march, guards=Guards(min_relays=10000)))
+    state = read_state(tmp_path / "tor_rules.yaml.state.json")
+    assert state is not None and state.last_failure is not None
+    assert state.last_failure.message.endswith("(at least 10000 required, min_relays)")
+    capsys.readouterr()
+    assert main(["refresh", "-o", str(out), "--input", str(march), "--validate", "yaml", "--min-relays", "10000"]) == 5
+    assert capsys.readouterr().err == (
+        "tor-sets: error: only 9491 running relays in the data (at least 10000 required, --min-relays)\n"
+    )
+    assert main(["status", str(out)]) == 1
+    (failure,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("last failure:")]
+    assert failure.endswith("exit 5: only 9491 running relays in the data (at least 10000 required, --min-relays)")
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("gave up waiting after 0.3 s (lock_timeout)", "gave up waiting after 0.3 s (--lock-timeout)"),
+        ("not sending SIGHUP (reload.pid)", "not sending SIGHUP (--reload-pid)"),
+        (
+            "allowed 6.0 h (max_age); this refresh failed: ... (max_drop)",
+            "allowed 6.0 h (--max-age); this refresh failed: ... (--max-drop)",
+        ),
+        ("cannot read /srv/max_age/min_relays.json: ...", "cannot read /srv/max_age/min_relays.json: ..."),
+        ("https://host/x?max_age=1 failed", "https://host/x?max_age=1 failed"),
+        ("the_min_relays_field", "the_min_relays_field"),
+    ],
+)
+def test_with_flags_replaces_fields_only(message, shown):
+    assert with_flags(message) == shown
+
+
+def test_offline_without_fallback_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="^offline mode needs allow_fallback"):
+        refresh(RefreshOptions(output=tmp_path / "tor_rules.yaml", offline=True, validate="yaml"))
+
+
+# ---------------------------------------------------------------------------------------------------- ages
+
+
+@pytest.mark.parametrize(
+    ("delta", "text"),
+    [
+        (timedelta(seconds=42), "42 s"),
+        (timedelta(seconds=90), "90 s"),
+        (timedelta(minutes=30), "30 min"),
+        (timedelta(minutes=90), "1.5 h"),
+        (timedelta(hours=47), "47.0 h"),
+        (timedelta(days=274), "274 days"),
+        (timedelta(days=-26330), "-26330 days"),
+    ],
+)
+def test_one_age_format(delta, text):
+    assert format_age(delta) == text
+
+
+def test_every_age_in_messages_has_the_one_format(tmp_path, bundled_bytes, capsys):
+    """The download's age check said "0.5 h" and `status` "90 min" where refresh said "30 min" and "1.5 h"."""
+    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    doc = _doc(tmp_path, bundled_bytes, f"{now - timedelta(minutes=90):%Y-%m-%d %H:%M:%S}")
+    with pytest.raises(StaleDataError, match=r"older than the allowed 30 min$"):
+        obtain(input_path=doc, max_age=timedelta(minutes=30))
+    out = tmp_path / "tor_rules.yaml"
+    assert main(["refresh", "-o", str(out), "--input", str(doc), "--validate", "yaml"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(out)]) == 0
+    (age,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("age:")]
+    assert re.fullmatch(r"age: +1\.5 h", age), age

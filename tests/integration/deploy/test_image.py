@@ -26,11 +26,11 @@ import pytest
 
 from tests.conftest import REPO
 from tor_sets import provision as setup
+from tor_sets.deploy.refresh import read_state
 from tor_sets.engines import docker as _docker
 from tor_sets.errors import EngineError
 from tor_sets.provision import steps as install_steps
 from tor_sets.provision.docker import import_root
-from tor_sets.refresh import read_state
 
 pytestmark = pytest.mark.integration
 

@@ -2,7 +2,8 @@
 
 Each registry is the plain binary started on a free 127.0.0.1 port with a config file and filesystem storage in a
 temporary folder (never the package's systemd service), and stopped after the module. What is pushed is read back
-twice: with :func:`tor_sets.fleet.pull`, and with plain HTTP GETs of the registry API, as falcoctl would.
+twice: with :func:`tor_sets.deploy.fleet.pull_artifact`, and with plain HTTP GETs of the registry API, as falcoctl
+would.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ import pytest
 import requests
 import yaml
 
-from tor_sets import fleet
-from tor_sets.fleet import RegistryError
+from tor_sets.deploy import fleet
+from tor_sets.deploy.fleet.artifact import MEDIA_TYPES
+from tor_sets.deploy.fleet.index import INDEX_DESCRIPTIONS
+from tor_sets.errors import RegistryError
+from tor_sets.falco.header import read_header
 
 pytestmark = pytest.mark.integration
 
@@ -192,14 +196,14 @@ def rules_file(tmp_path: Path) -> Path:
 
 
 def _annotations(path: Path) -> dict[str, str]:
-    header = fleet.read_header(path.read_text())
+    header = read_header(path.read_text())
     return fleet.default_annotations(header, filename=path.name, tool_version="0.1.0")
 
 
 def _publish(registry: Registry, path: Path, repository: str, **options: object) -> fleet.PublishResult:
-    header = fleet.read_header(path.read_text())
+    header = read_header(path.read_text())
     assert header.relays_published is not None
-    return fleet.publish(
+    return fleet.publish_rules(
         f"oci://{registry.host}/{repository}:latest",
         path,
         version=fleet.data_version(header.relays_published),
@@ -227,7 +231,7 @@ def test_publish_then_pull(registry: Registry, rules_file: Path) -> None:
 
     for reference in (*TAGS_0100, result.digest):
         separator = "@" if reference.startswith("sha256:") else ":"
-        pulled = fleet.pull(f"oci://{registry.host}/security/tor-rules{separator}{reference}")
+        pulled = fleet.pull_artifact(f"oci://{registry.host}/security/tor-rules{separator}{reference}")
         assert pulled.kind == "rulesfile" and pulled.index is None
         assert pulled.content == rules_file.read_bytes()
         assert pulled.filename == "tor_rules.yaml"
@@ -308,9 +312,9 @@ def test_same_rules_same_digest_and_old_dates_stay_reachable(registry: Registry,
     newer = tmp_path / "c" / "tor_rules.yaml"
     newer.parent.mkdir()
     newer.write_text(rules_text(published="2026-02-28 02:00:00", seed=2))
-    header = fleet.read_header(newer.read_text())
+    header = read_header(newer.read_text())
     assert header.relays_published is not None
-    moved = fleet.publish(
+    moved = fleet.publish_rules(
         f"{registry.host}/repeat/tor-rules",
         newer,
         version=fleet.data_version(header.relays_published),
@@ -321,11 +325,11 @@ def test_same_rules_same_digest_and_old_dates_stay_reachable(registry: Registry,
     assert moved.digest != digest
     assert moved.tags == ("1.20260228.200", "2026-02-28T0200", "latest", "1", "1.20260228")
     for moving in ("latest", "1", "1.20260228"):  # what followers watch moved to the new data ...
-        assert fleet.pull(f"{registry.host}/repeat/tor-rules:{moving}").content == newer.read_bytes()
+        assert fleet.pull_artifact(f"{registry.host}/repeat/tor-rules:{moving}").content == newer.read_bytes()
     for fixed in ("2026-02-28T0100", "1.20260228.100"):  # ... and the old data stays reachable for a rollback
-        rollback = fleet.pull(f"{registry.host}/repeat/tor-rules:{fixed}")
+        rollback = fleet.pull_artifact(f"{registry.host}/repeat/tor-rules:{fixed}")
         assert rollback.content == first.read_bytes() and rollback.digest == digest
-    latest = fleet.pull(f"{registry.host}/repeat/tor-rules:2026-02-28T0200")
+    latest = fleet.pull_artifact(f"{registry.host}/repeat/tor-rules:2026-02-28T0200")
     assert latest.config["requirements"] == [{"name": "engine_version_semver", "version": "0.26.0"}]
     assert latest.config["version"] == "1.20260228.200"
 
@@ -351,9 +355,9 @@ def test_pull_refuses_what_is_not_a_rulesfile(registry: Registry) -> None:
     )
     assert response.status_code == 201
     with pytest.raises(RegistryError, match="is not a falcoctl artifact"):
-        fleet.pull(f"{registry.host}/other/thing:v1")
+        fleet.pull_artifact(f"{registry.host}/other/thing:v1")
     with pytest.raises(RegistryError, match="has no manifest") as caught:
-        fleet.pull(f"{registry.host}/other/thing:missing")
+        fleet.pull_artifact(f"{registry.host}/other/thing:missing")
     assert "MANIFEST_UNKNOWN" in str(caught.value)
 
 
@@ -368,7 +372,7 @@ def test_wrong_port_is_one_clear_line(rules_file: Path) -> None:
     port = _free_port()  # nobody listens there
     started = time.monotonic()
     with pytest.raises(RegistryError) as caught:
-        fleet.publish(f"oci://127.0.0.1:{port}/tor-rules:latest", rules_file, version="1.2.3")
+        fleet.publish_rules(f"oci://127.0.0.1:{port}/tor-rules:latest", rules_file, version="1.2.3")
     message = str(caught.value)
     assert message == f"cannot reach registry 127.0.0.1:{port} over http: Connection refused"
     assert time.monotonic() - started < 5  # no retries with back-off
@@ -385,7 +389,7 @@ def test_https_to_a_plain_http_registry_is_one_clear_line(registry: Registry, ru
 
 def test_plain_http_to_a_remote_registry_is_refused(rules_file: Path) -> None:
     with pytest.raises(RegistryError, match="plain HTTP is allowed only for a loopback registry"):
-        fleet.publish(
+        fleet.publish_rules(
             "oci://registry.example.com/security/tor-rules:latest",
             rules_file,
             version="1.2.3",
@@ -407,7 +411,7 @@ def test_private_registry_with_environment_credentials(
     monkeypatch.setenv("TOR_SETS_REGISTRY_USERNAME", "alice")
     monkeypatch.setenv("TOR_SETS_REGISTRY_PASSWORD", PASSWORD)
     result = _publish(private_registry, rules_file, "private/tor-rules")
-    assert fleet.pull(f"{private_registry.host}/private/tor-rules:latest").digest == result.digest
+    assert fleet.pull_artifact(f"{private_registry.host}/private/tor-rules:latest").digest == result.digest
     anonymous = requests.get(private_registry.api("private/tor-rules/manifests/latest"))
     assert anonymous.status_code == 401
 
@@ -468,7 +472,7 @@ def test_cli_publish(registry: Registry, rules_file: Path, capsys: pytest.Captur
     assert printed["ref"] == f"{registry.host}/cli/tor-rules:latest"
     assert (printed["type"], printed["name"], printed["version"]) == ("rulesfile", "tor-rules", "1.20260228.100")
     assert printed["tags"] == ["1.20260228.100", "2026-02-28T0100", "stable", "latest", "1", "1.20260228"]
-    pulled = fleet.pull(f"{registry.host}/cli/tor-rules:stable")
+    pulled = fleet.pull_artifact(f"{registry.host}/cli/tor-rules:stable")
     assert pulled.digest == printed["digest"]
     assert pulled.manifest["annotations"]["org.opencontainers.image.source"] == "https://git.example.com/tor-sets"
     assert pulled.content == rules_file.read_bytes()
@@ -617,7 +621,7 @@ def test_bearer_token_registry(
     result = _publish(gate, rules_file, "token/tor-rules")
     assert "repository:token/tor-rules:pull" in issued  # first the read (does the blob exist?) ...
     assert "repository:token/tor-rules:pull,push" in issued  # ... then a wider token for the upload
-    pulled = fleet.pull(f"{gate.host}/token/tor-rules:2026-02-28T0100")
+    pulled = fleet.pull_artifact(f"{gate.host}/token/tor-rules:2026-02-28T0100")
     assert pulled.digest == result.digest and pulled.content == rules_file.read_bytes()
 
 
@@ -693,6 +697,21 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
+def test_tls_to_a_plain_http_loopback_registry_names_the_option(
+    rules_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15.4: the library's hint names the option field (``plain_http``), the command line its flag."""
+    with _Recorder("127.0.0.1") as plain:
+        ref = f"oci://{plain.host}/tor-rules:latest"
+        with pytest.raises(
+            RegistryError, match=r"^TLS with registry .* failed \(.*\); .* on loopback needs plain_http$"
+        ):
+            fleet.publish_rules(ref, rules_file, version="1.2.3", plain_http=False)
+        assert _main(["publish", ref, "--rules", str(rules_file), "--no-plain-http"]) == 3
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.endswith("; a plain-HTTP registry on loopback needs --plain-http"), line
+
+
 def test_userinfo_shaped_registry_is_refused_before_any_connection(
     rules_file: Path, capsys: pytest.CaptureFixture[str], no_name_lookups: list[str]
 ) -> None:
@@ -713,7 +732,7 @@ def test_userinfo_shaped_registry_is_refused_before_any_connection(
             assert "'@'" in line and "registry" in line, line
             assert captured.out == ""
         with pytest.raises(RegistryError, match="'@'"):
-            fleet.pull(f"oci://{decoy.host}@{trap.host}/security/tor-rules:latest")
+            fleet.pull_artifact(f"oci://{decoy.host}@{trap.host}/security/tor-rules:latest")
     assert trap.requests == [] and decoy.requests == []
     assert no_name_lookups == []
 
@@ -906,10 +925,10 @@ def falcoctl_pull(
     """CheckAllowedType, then Pull (type from Layers[0], file name from its title), then ExtractTarGz."""
     manifest = falcoctl_manifest(registry, repository, reference, os=os)
     layer = manifest["layers"][0]
-    kind = {layer_type: kind for kind, (_, layer_type) in fleet.MEDIA_TYPES.items()}[layer["mediaType"]]
+    kind = {layer_type: kind for kind, (_, layer_type) in MEDIA_TYPES.items()}[layer["mediaType"]]
     if kind not in allowed:
         raise PermissionError(f'cannot download artifact of type "{kind}": type not permitted')
-    assert manifest["config"]["mediaType"] == fleet.MEDIA_TYPES[kind][0]
+    assert manifest["config"]["mediaType"] == MEDIA_TYPES[kind][0]
     assert layer["annotations"]["org.opencontainers.image.title"].endswith(".tar.gz")
     files: dict[str, bytes] = {}
     with tarfile.open(fileobj=io.BytesIO(_blob(registry, repository, layer)), mode="r:gz") as tar:
@@ -987,7 +1006,7 @@ def test_falcoctl_installs_the_rules_by_name(
         "type": "rulesfile",
         "registry": registry.host,
         "repository": "falcoctl/tor-rules",
-        "description": fleet.INDEX_DESCRIPTIONS["rulesfile"],
+        "description": INDEX_DESCRIPTIONS["rulesfile"],
         "keywords": ["tor", "network", "tor-sets"],
     }
     for name in ("tor-rules", "tor-rules:1", "tor-rules:1.20260228"):
@@ -1154,7 +1173,7 @@ def test_plugin_route_as_falcoctl_installs_it(
         "tor-plugin-rules": sorted(["1.20260228.100", "2026-02-28T0100", "latest", "1", "1.20260228"]),
         "tor-table": sorted(["1.20260228.100", "2026-02-28T0100", "latest", "1", "1.20260228"]),
     }
-    pulled = fleet.pull(f"{host}/route/torsets:{PLUGIN_VERSION.rsplit('.', 1)[0]}")  # a floating tag
+    pulled = fleet.pull_artifact(f"{host}/route/torsets:{PLUGIN_VERSION.rsplit('.', 1)[0]}")  # a floating tag
     assert (pulled.kind, pulled.filename, pulled.content) == ("plugin", "libtorsets.so", plugin_library.read_bytes())
     assert pulled.index == plugin_index
 
