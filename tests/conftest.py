@@ -26,6 +26,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         report.longrepr = f"skipped under TOR_SETS_NO_SKIP=1 (make test must run everything): {reason}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_state_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Refresh states and locks of every test (and of the commands tests start) go to one folder of the session:
+    never /var/lib/tor-sets. They are keyed by the rules file's path, so tests do not share one."""
+    from tor_sets.deploy.refresh.state import STATE_DIR_ENV
+
+    previous = os.environ.get(STATE_DIR_ENV)
+    os.environ[STATE_DIR_ENV] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if previous is None:
+        os.environ.pop(STATE_DIR_ENV, None)
+    else:
+        os.environ[STATE_DIR_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA

@@ -30,6 +30,7 @@ import yaml
 from tests.support.onionoo_server import free_port
 from tor_sets.cli import OPTION_FLAGS, main, with_flags
 from tor_sets.deploy.refresh import read_state
+from tor_sets.deploy.refresh.state import state_path
 from tor_sets.falco.load import load_rules
 
 pytestmark = pytest.mark.integration
@@ -334,7 +335,8 @@ def refresh_argv(out: Path, url: str, cache: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def seed(_onionoo_server, bundled_bytes, tmp_path_factory) -> Path:
-    """A folder holding the last good deployment: rules, state, lock and download cache (bundled data, served live)."""
+    """A folder holding the last good deployment: rules and download cache (bundled data, served live); its state
+    and lock live outside it, in the state folder."""
     folder = tmp_path_factory.mktemp("seed")
     _onionoo_server.reset(body=bundled_bytes, gzip=True, last_modified=SEED_LAST_MODIFIED)
     assert main(refresh_argv(folder / "tor_rules.yaml", _onionoo_server.url, folder / "cache")) == 0
@@ -346,6 +348,7 @@ def deployed(seed, tmp_path) -> Path:
     """A private copy of the seed; returns its rules file."""
     folder = tmp_path / "rules.d"
     shutil.copytree(seed, folder)
+    state_path(folder / "tor_rules.yaml").write_bytes(state_path(seed / "tor_rules.yaml").read_bytes())
     return folder / "tor_rules.yaml"
 
 
@@ -364,18 +367,14 @@ def _fault_table() -> Iterator[None]:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(
-        p.name
-        for p in folder.iterdir()
-        if p.name not in ("tor_rules.yaml", "tor_rules.yaml.lock", "tor_rules.yaml.state.json", "cache")
-    )
+    return sorted(p.name for p in folder.iterdir() if p.name not in ("tor_rules.yaml", "cache"))
 
 
 # ---------------------------------------------------------------------------------------------------- tests
 
 
 def test_the_seed_is_a_validated_live_deployment(seed):
-    state = read_state(seed / "tor_rules.yaml.state.json")
+    state = read_state(state_path(seed / "tor_rules.yaml"))
     assert state is not None and state.deployed is not None and state.last_failure is None
     assert state.deployed.origin == "live" and state.deployed.relays == 9491
     assert state.deployed.validated.startswith("engine falco-local 0.44.1")  # real Falco ran `falco -V` on it
@@ -385,7 +384,7 @@ def test_the_seed_is_a_validated_live_deployment(seed):
 def test_fault(case: Case, onionoo_server, deployed: Path, bundled_bytes, capsys):
     folder = deployed.parent
     before = deployed.read_bytes()
-    state_before = read_state(folder / "tor_rules.yaml.state.json")
+    state_before = read_state(state_path(deployed))
     onionoo_server.reset(**case.server(_doc(bundled_bytes), bundled_bytes))
     url = f"http://127.0.0.1:{free_port()}/details" if case.url == "refused" else onionoo_server.url
     capsys.readouterr()
@@ -393,7 +392,7 @@ def test_fault(case: Case, onionoo_server, deployed: Path, bundled_bytes, capsys
     err = capsys.readouterr().err
     assert code == case.code, err
     assert _leftovers(folder) == []
-    state = read_state(folder / "tor_rules.yaml.state.json")
+    state = read_state(state_path(deployed))
     assert state is not None and state.deployed is not None
     if case.code == 0:
         assert re.search(case.message, err), err
@@ -419,7 +418,7 @@ def test_fault(case: Case, onionoo_server, deployed: Path, bundled_bytes, capsys
 
 def test_304_is_one_request_and_changes_nothing(onionoo_server, deployed: Path, bundled_bytes, capsys):
     before = deployed.read_bytes()
-    state_file = deployed.parent / "tor_rules.yaml.state.json"
+    state_file = state_path(deployed)
     checked_before = read_state(state_file).deployed.checked_at  # type: ignore[union-attr]
     onionoo_server.reset(body=bundled_bytes, gzip=True, last_modified=SEED_LAST_MODIFIED)
     capsys.readouterr()

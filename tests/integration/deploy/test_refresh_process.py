@@ -27,6 +27,8 @@ import yaml
 from tests.conftest import REPO
 from tor_sets.cli import main
 from tor_sets.deploy.refresh import read_state
+from tor_sets.deploy.refresh.lock import lock_path
+from tor_sets.deploy.refresh.state import state_path
 from tor_sets.files import TEMP_GRACE_S
 
 pytestmark = pytest.mark.integration
@@ -182,12 +184,8 @@ def test_sigkill_during_the_write_leaves_the_old_or_the_new_file_whole(tmp_path,
         os.utime(path, (time.time() - TEMP_GRACE_S - 60,) * 2)
     source = _doc_file(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
     assert main(_refresh(out, "--input", str(source))) == 0
-    assert leftovers and sorted(p.name for p in out.parent.iterdir()) == [
-        live.name,
-        "tor_rules.yaml",
-        "tor_rules.yaml.lock",
-        "tor_rules.yaml.state.json",
-    ]
+    # the rules folder holds the rules (and a live writer's temp): state and lock live outside it
+    assert leftovers and sorted(p.name for p in out.parent.iterdir()) == [live.name, "tor_rules.yaml"]
 
 
 # ---------------------------------------------------------------------------------------------------- the lock
@@ -205,14 +203,15 @@ with hold_lock(Path(sys.argv[1]), 5):
 
 def test_concurrent_runs_wait_or_fail_clearly_never_interleave(tmp_path, children, doc, capsys):
     out = tmp_path / "rules.d" / "tor_rules.yaml"
-    holder = _child(HOLDER, str(out) + ".lock", stdin=subprocess.PIPE)
+    lock = lock_path(out)
+    holder = _child(HOLDER, str(lock), stdin=subprocess.PIPE)
     children.append(holder)
     Lines(holder.stdout).wait_for("held")
     capsys.readouterr()
     assert main(_refresh(out, "--input", str(doc), "--lock-timeout", "0.3")) == 3
     (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
     assert line == (
-        f"tor-sets: error: another refresh of this output is running (pid {holder.pid}) and holds {out}.lock; "
+        f"tor-sets: error: another refresh of this output is running (pid {holder.pid}) and holds {lock}; "
         "gave up waiting after 0.3 s (--lock-timeout)"
     )
     assert not out.exists()
@@ -226,7 +225,7 @@ def test_concurrent_runs_wait_or_fail_clearly_never_interleave(tmp_path, childre
     assert waiter.wait(timeout=WAIT_S) == 0, err.seen
     rest = err.rest()
     assert "wrote" in rest
-    state = read_state(out.parent / "tor_rules.yaml.state.json")
+    state = read_state(state_path(out))
     assert state is not None and state.deployed is not None and state.last_failure is None
 
 
@@ -403,7 +402,7 @@ def test_the_loop_checks_the_pid_again_before_each_sighup(tmp_path, children, do
         "not sending SIGHUP (--reload-pid)"
     ]
     assert marker.read_text() == "hup\n" and falco.poll() is None  # one SIGHUP, to Falco only
-    state = read_state(tmp_path / "tor_rules.yaml.state.json")
+    state = read_state(state_path(tmp_path / "tor_rules.yaml"))
     assert state is not None and state.reload_pending and state.last_failure is not None
     assert state.last_failure.message.endswith("not sending SIGHUP (reload.pid)")  # the library names the field
 
@@ -422,14 +421,14 @@ def test_reload_command_failure_is_exit_3_and_retried(tmp_path, doc, newer_doc, 
     assert main(_refresh(out, "--input", str(newer_doc), "--reload-cmd", failing)) == 3
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line == f"tor-sets: error: reload command '{PYTHON}' exited with status 1: falco is not running"
-    state = read_state(out.parent / "tor_rules.yaml.state.json")
+    state = read_state(state_path(out))
     assert state is not None and state.reload_pending and state.last_failure is not None
     assert state.deployed is not None and state.deployed.relays_published.day == 2  # the new rules are in place
     assert main(["status", str(out)]) == 0
     assert "reload:        PENDING" in capsys.readouterr().out
     assert main(_refresh(out, "--input", str(newer_doc), "--reload-cmd", touch)) == 0
     assert "reload owed by an earlier run done" in capsys.readouterr().err and marker.exists()
-    state = read_state(out.parent / "tor_rules.yaml.state.json")
+    state = read_state(state_path(out))
     assert state is not None and not state.reload_pending and state.last_failure is None
     assert main(_refresh(out, "--input", str(newer_doc), "--reload-cmd", "/nonexistent/falco-reload")) == 0
 

@@ -37,7 +37,8 @@ from tor_sets.deploy.refresh import reload as reload_module
 from tor_sets.deploy.refresh import run as run_module
 from tor_sets.deploy.refresh import state as state_module
 from tor_sets.deploy.refresh import validate as validate_module
-from tor_sets.deploy.refresh.state import options_digest
+from tor_sets.deploy.refresh.lock import lock_path
+from tor_sets.deploy.refresh.state import legacy_state_path, options_digest, state_dir, state_path
 from tor_sets.errors import RuleError, SanityError, StaleDataError, TorSetsError, UsageError
 from tor_sets.falco.generate import RulesOptions
 from tor_sets.onionoo import obtain
@@ -232,11 +233,9 @@ def test_write_unchanged_kept_and_options_change(tmp_path, bundled_bytes):
     assert "relays_published: 2026-03-01 00:00:00 UTC" in text
     notice = refresh(_options(out, march, build=BuildOptions(rules=RulesOptions(priority="NOTICE"))))
     assert notice.action == "wrote" and "priority: NOTICE" in out.read_text()
-    assert sorted(p.name for p in out.parent.iterdir()) == [
-        "tor_rules.yaml",
-        "tor_rules.yaml.lock",
-        "tor_rules.yaml.state.json",
-    ]
+    # state and lock live outside the rules folder, which Falco before 0.41 loads whole
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith("tor_rules")) == ["tor_rules.yaml"]
+    assert state_path(out).is_file() and lock_path(out).is_file() and state_path(out).parent == state_dir()
 
 
 def test_stale_is_reported_not_hidden(tmp_path, bundled_bytes):
@@ -255,10 +254,11 @@ def test_stale_is_reported_not_hidden(tmp_path, bundled_bytes):
 def test_an_unreadable_state_is_replaced_with_a_warning(tmp_path, bundled_bytes, capsys):
     out = tmp_path / "tor_rules.yaml"
     march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
-    (tmp_path / "tor_rules.yaml.state.json").write_text("{not json")
+    state_path(out).parent.mkdir(parents=True, exist_ok=True)
+    state_path(out).write_text("{not json")
     assert main(["refresh", "-o", str(out), "--input", str(march), "--validate", "yaml"]) == 0
     assert "unreadable state file" in capsys.readouterr().err
-    assert read_state(tmp_path / "tor_rules.yaml.state.json") is not None
+    assert read_state(state_path(out)) is not None
 
 
 def test_cli_refresh_state_option_and_drop_guard(tmp_path, bundled_bytes, capsys):
@@ -388,7 +388,7 @@ def test_data_published_in_the_future_is_refused(tmp_path, bundled_bytes, capsys
 
 def _future_state(out: Path) -> None:
     """What an earlier version left after accepting a document dated 2099: the deployed data's date in the future."""
-    path = out.with_name(out.name + ".state.json")
+    path = state_path(out)
     doc = json.loads(path.read_text())
     doc["deployed"]["relays_published"] = "2099-01-01 00:00:00"
     path.write_text(json.dumps(doc))
@@ -413,10 +413,27 @@ def test_a_future_dated_state_is_ignored_with_a_warning_so_refresh_recovers(tmp_
         "and drop checks"
     ) in err, err
     assert "wrote" in err
-    state = read_state(out.with_name(out.name + ".state.json"))
+    state = read_state(state_path(out))
     assert state is not None and state.deployed is not None
     assert state.deployed.relays_published == datetime(2026, 4, 1)
     assert main(["status", str(out)]) == 0
+
+
+def test_a_state_left_beside_the_rules_by_an_older_version_is_moved_out(tmp_path, bundled_bytes, capsys):
+    """Issue 14.16: PATH.state.json in the rules folder breaks Falco before 0.41; a refresh moves it, saying so."""
+    out = tmp_path / "rules.d" / "tor_rules.yaml"
+    march = _doc(tmp_path, bundled_bytes, "2026-03-01 00:00:00")
+    argv = ["refresh", "-o", str(out), "--validate", "yaml", "--input", str(march)]
+    assert main(argv) == 0
+    legacy = legacy_state_path(out)
+    state_path(out).rename(legacy)  # where versions before 0.2 kept it
+    assert main(["status", str(out)]) == 0  # status finds it there meanwhile
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"moved the refresh state from {legacy} to {state_path(out)}" in err
+    assert not legacy.exists() and read_state(state_path(out)) is not None
+    assert "unchanged" in err  # the moved state is the memory of the deployment: nothing was rewritten
 
 
 # ---------------------------------------------------------------------------------------------------- messages
@@ -430,7 +447,7 @@ def test_the_library_names_option_fields_and_the_cli_shows_flags(tmp_path, bundl
         SanityError, match=r"^only 9491 running relays in the data \(at least 10000 required, min_relays\)$"
     ):
         refresh(_options(out, march, guards=Guards(min_relays=10000)))
-    state = read_state(tmp_path / "tor_rules.yaml.state.json")
+    state = read_state(state_path(out))
     assert state is not None and state.last_failure is not None
     assert state.last_failure.message.endswith("(at least 10000 required, min_relays)")
     capsys.readouterr()

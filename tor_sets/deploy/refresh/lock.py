@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tor_sets.deploy.refresh.state import state_dir, state_stem
 from tor_sets.errors import TorSetsError
 from tor_sets.files import require_regular
 
@@ -25,12 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def lock_path(output: Path, lock: Path | None = None) -> Path:
-    """``lock`` if given, else ``PATH.lock``: the lock every refresh of ``output`` holds.
-
-    >>> lock_path(Path("/rules/tor_rules.yaml")).name
-    'tor_rules.yaml.lock'
-    """
-    return lock if lock is not None else output.with_name(output.name + ".lock")
+    """``lock`` if given, else ``STATE_DIR/NAME-DIGEST.lock`` beside the state: the lock every refresh of ``output``
+    holds (never in the rules folder, which Falco before 0.41 reads whole)."""
+    return lock if lock is not None else state_dir() / f"{state_stem(output)}.lock"
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ from tor_sets.deploy.refresh.state import (
     Deployed,
     Failure,
     State,
+    adopt_legacy_state,
     file_sha256,
     options_digest,
     read_state,
@@ -62,7 +63,7 @@ class RefreshOptions:
         engine: the engine name for ``validate="engine"`` (None: the best one present for the rules' profile).
         guards: the sanity limits.
         reload: how Falco is told.
-        state: the state file (None: ``PATH.state.json`` beside the rules).
+        state: the state file (None: :func:`~tor_sets.deploy.refresh.state.state_path`, outside the rules folder).
         lock: the lock file (None: ``PATH.lock`` beside the rules).
         lock_timeout: seconds to wait for another refresh of the same output.
         max_age: the newest good data may be at most this old (:attr:`Outcome.stale` says when it is older).
@@ -201,6 +202,8 @@ def refresh(options: RefreshOptions, *, stop: Stop | None = None, now: Callable[
     require_regular(output, "the rules file")  # refresh reads both back: a FIFO or a device cannot serve
     require_regular(path, "the state file")
     with hold_lock(lock_path(output, options.lock), options.lock_timeout):
+        if options.state is None:
+            adopt_legacy_state(output)
         for target in (output, path):
             remove_stale_temps(target)
         previous: State | None = None

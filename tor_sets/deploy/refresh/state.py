@@ -17,6 +17,8 @@ import dataclasses
 import enum
 import hashlib
 import json
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +33,8 @@ from tor_sets.falco.header import read_header
 from tor_sets.files import read_regular, write_file
 from tor_sets.onionoo import MAX_CLOCK_SKEW
 from tor_sets.urls import redact_url
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Deployed",
@@ -146,13 +150,67 @@ class State:
 # ---------------------------------------------------------------------------------------------------- the file
 
 
-def state_path(output: Path, state: Path | None = None) -> Path:
-    """``state`` if given, else ``PATH.state.json`` beside the rules.
+#: overrides where the state and the lock of a refresh live by default
+STATE_DIR_ENV = "TOR_SETS_STATE_DIR"
 
-    >>> state_path(Path("/rules/tor_rules.yaml")).name
-    'tor_rules.yaml.state.json'
+
+def state_dir() -> Path:
+    """Where a refresh keeps its state and lock unless told: ``$TOR_SETS_STATE_DIR``, else ``/var/lib/tor-sets`` for
+    root, else ``${XDG_STATE_HOME:-~/.local/state}/tor-sets``. Never beside the rules: Falco before 0.41 loads every
+    file of its rules folder, and a state or lock file there would break its start."""
+    override = os.environ.get(STATE_DIR_ENV)
+    if override:
+        return Path(override)
+    if os.geteuid() == 0:
+        return Path("/var/lib/tor-sets")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tor-sets"
+
+
+def state_stem(output: Path) -> str:
+    """The name the state and lock of ``output`` share: its file name and a digest of its absolute path, so that
+    two rules files of one name in different folders never share a state.
+
+    >>> state_stem(Path("/etc/falco/rules.d/tor_rules.yaml"))
+    'tor_rules.yaml-297da912'
     """
-    return state if state is not None else output.with_name(output.name + ".state.json")
+    digest = hashlib.sha256(str(output.absolute()).encode()).hexdigest()[:8]
+    return f"{output.name}-{digest}"
+
+
+def state_path(output: Path, state: Path | None = None) -> Path:
+    """``state`` if given, else ``STATE_DIR/NAME-DIGEST.state.json`` (see :func:`state_dir`, :func:`state_stem`)."""
+    return state if state is not None else state_dir() / f"{state_stem(output)}.state.json"
+
+
+def legacy_state_path(output: Path) -> Path:
+    """Where versions before 0.2 kept the state by default: ``PATH.state.json`` beside the rules."""
+    return output.with_name(output.name + ".state.json")
+
+
+def adopt_legacy_state(output: Path) -> None:
+    """Move a state an older version left beside the rules to :func:`state_path`, once, saying so.
+
+    Only when the default state does not exist yet and the old one is a readable tor-sets state of ``output``.
+    The old lock beside the rules (``PATH.lock``) is left alone: it holds nothing, and the folder's owner may remove it.
+    """
+    new, old = state_path(output), legacy_state_path(output)
+    if new.exists() or not old.is_file():
+        return
+    try:
+        state = read_state(old)
+    except TorSetsError:
+        return  # not ours, or broken: leave it, and start afresh
+    if state is None or state.rules != str(output.absolute()):
+        return
+    save_state(new, state)
+    old.unlink(missing_ok=True)
+    log.warning(
+        "moved the refresh state from %s to %s: Falco before 0.41 loads every file of a rules folder (remove %s too)",
+        old,
+        new,
+        output.with_name(output.name + ".lock"),
+    )
 
 
 def read_state(path: Path) -> State | None:
@@ -311,6 +369,8 @@ def deployment_status(rules: Path, state: Path | None = None, *, now: datetime |
     """
     now = now or utcnow()
     path = state_path(rules, state)
+    if state is None and not path.exists() and legacy_state_path(rules).is_file():
+        path = legacy_state_path(rules)  # an older version's, until the next refresh moves it
     sha: str | None
     size: int | None
     header: datetime | None = None
