@@ -1,7 +1,7 @@
 """The exception tree of tor-sets.
 
-Every error the library raises on purpose derives from :class:`TorSetsError`; only ``cli.py`` catches it and
-turns it into one line on stderr and an exit code::
+Every error the library raises on purpose derives from :class:`TorSetsError`; only the command line
+(:func:`tor_sets.cli.main`) catches it and turns it into one line on stderr and an exit code::
 
     TorSetsError
     ├── FetchError          the relay directory could not be fetched (url, cause)

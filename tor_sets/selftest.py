@@ -22,8 +22,8 @@ alerts delivered — without touching any real network:
    with the observed addresses and ports arrives for every case, or the timeout passes.
 
 :func:`simulate_alerts` stands in for a live Falco where none runs: it writes the observed connections into a
-capture (:mod:`tor_sets.scap`), replays it through a real engine with the rules' expanded conditions and turns the
-matches into Falco-JSON alert lines, which :meth:`FileSink.deliver`/:meth:`HttpSink.deliver` hand to the sink.
+capture (:mod:`tor_sets.verify.capture`), replays it through a real engine with the rules' expanded conditions and
+turns the matches into Falco-JSON alert lines, which :meth:`FileSink.deliver`/:meth:`HttpSink.deliver` hand to the sink.
 
 Exports :class:`HostNetwork`, :class:`LabPlan`, :func:`plan_lab`, :class:`Lab`, :class:`Observed`,
 :class:`Expectation`, :func:`expectations`, :func:`alert_matches`, :class:`FileSink`, :class:`HttpSink`,
@@ -64,7 +64,7 @@ from tor_sets.falco.alerts import alert_json, output_fields
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RELAY_RULE, OUTBOUND_RULE
 from tor_sets.falco.load import load_rules
 from tor_sets.relays import IPAddress, IPNetwork
-from tor_sets.scap import MIN_GAP_NS, Connection, Process, write_capture
+from tor_sets.verify.capture import MIN_GAP_NS, Connection, Process, write_capture
 
 __all__ = [
     "CASES",

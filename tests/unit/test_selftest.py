@@ -15,7 +15,6 @@ from tor_sets.errors import SanityError
 from tor_sets.falco.alerts import alert_json
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
 from tor_sets.falco.load import load_rules
-from tor_sets.scap import MIN_GAP_NS
 from tor_sets.selftest import (
     CaseResult,
     FileSink,
@@ -31,6 +30,7 @@ from tor_sets.selftest import (
     plan_lab,
     wait_for_alerts,
 )
+from tor_sets.verify.capture import MIN_GAP_NS
 
 EMPTY = HostNetwork(frozenset(), frozenset())
 MACHINE = HostNetwork(

@@ -22,25 +22,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from types import ModuleType
 
 from tor_sets import __version__
+from tor_sets.cli import bench, build, engines, enrich, plugin, publish, refresh, selftest, verify
 from tor_sets.errors import TorSetsError
 
 EXIT_CODES_HELP = __doc__.split("Exit codes:", 1)[1] if __doc__ else ""
 
-
-def _subcommand_modules() -> list[ModuleType]:
-    from tor_sets.cli import build
-
-    modules: list[ModuleType] = [build]
-    for name in ("verify", "engines", "bench", "refresh", "publish", "enrich", "selftest", "plugin"):
-        try:
-            modules.append(__import__(f"tor_sets.cli.{name}", fromlist=["add_parser"]))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"tor_sets.cli.{name}":
-                raise
-    return modules
+#: every subcommand's module, in the order ``tor-sets --help`` lists them
+_SUBCOMMANDS = (build, verify, engines, bench, refresh, publish, enrich, selftest, plugin)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -54,7 +44,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tor-sets {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in _subcommand_modules():
+    for module in _SUBCOMMANDS:
         module.add_parser(sub)
     return parser
 

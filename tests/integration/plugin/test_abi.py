@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.support import plugin_abi
 from tor_sets.errors import TorSetsError
 from tor_sets.plugin.native import compile_plugin, find_include_dir
@@ -33,8 +34,6 @@ from tor_sets.plugin.rules import (
 from tor_sets.plugin.table import encode
 
 pytestmark = pytest.mark.integration
-
-REPO = Path(__file__).parent.parent.parent
 
 
 @pytest.fixture(scope="module")
