@@ -12,20 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tor_sets.engines import FalcoEngine, Plugin, get_engine
-from tor_sets.errors import EngineUnavailable, TorSetsError
+from tests.support.engines import engine_or_skip
+from tor_sets.engines import FalcoEngine, Plugin
+from tor_sets.errors import TorSetsError
 from tor_sets.plugin.native import find_include_dir
 
 PLUGINS = Path(__file__).parent / "plugins"
 
 
 def falco_or_skip(name: str = "falco-local") -> FalcoEngine:
-    engine = get_engine(name)
+    """:func:`~tests.support.engines.engine_or_skip` for a Falco engine."""
+    engine = engine_or_skip(name)
     assert isinstance(engine, FalcoEngine)
-    try:
-        engine.check()
-    except EngineUnavailable as exc:
-        pytest.skip(str(exc))
     return engine
 
 

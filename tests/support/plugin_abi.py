@@ -340,75 +340,167 @@ def role_of(state: State, address: str) -> str | None:
     return None if value is None else str(value)
 
 
-def run_scenario(plugin: Plugin, workdir: Path) -> list[str]:
-    """Exercise extraction, malformed input and reloads; return the checks that failed (empty: all good)."""
-    failures: list[str] = []
+#: a check of a scenario: ``check(holds, what)`` records (or, in a test, asserts) that ``holds``, naming ``what``
+Check = Callable[[bool, str], None]
+
+
+def require(ok: bool, what: str) -> None:
+    """A :data:`Check` for pytest: the first check that fails ends the test, named."""
+    assert ok, what
+
+
+def collector(failures: list[str]) -> Check:
+    """A :data:`Check` that records each failed check in ``failures`` and goes on (the sanitizer runs)."""
 
     def check(ok: bool, what: str) -> None:
         if not ok:
             failures.append(what)
 
+    return check
+
+
+def _good_connect() -> bytes:
+    return connect_x("10.0.0.5", "5.5.5.5")
+
+
+#: (what is checked, the event extracted, whether the fields are right) against :data:`TABLE_V1`
+EXTRACTIONS: list[tuple[str, Callable[[], bytes], Callable[[dict[str, Any]], bool]]] = [
+    (
+        "connect to an entry relay: its role",
+        _good_connect,
+        lambda got: got.get("tor.server_role") == "entry" and got.get("tor.server_is_entry") is True,
+    ),
+    (
+        "connect to an entry relay: its fingerprint and nickname",
+        _good_connect,
+        lambda got: got.get("tor.fingerprint") == GUARD and got.get("tor.nickname") == "guardian",
+    ),
+    (
+        "connect to an entry relay: the local client is none",
+        _good_connect,
+        lambda got: got.get("tor.client_role") == "none" and got.get("tor.client_is_exit") is False,
+    ),
+    *[
+        (
+            f"accept ({event_type}) from an exit relay",
+            lambda event_type=event_type: accept_x("6.6.6.6", "10.0.0.5", event_type),
+            lambda got: (
+                got.get("tor.client_is_exit") is True
+                and got.get("tor.remote_role") == "exit"
+                and got.get("tor.fingerprint") == EXIT_RELAY
+            ),
+        )
+        for event_type in (247, 249, 389)
+    ],
+    (
+        "accept4 from an IPv4-mapped exit relay",
+        lambda: accept_x("::ffff:6.6.6.6", "::ffff:10.0.0.5", 389),
+        lambda got: got.get("tor.client_is_exit") is True,
+    ),
+    (
+        "IPv6 accept from an exit relay",
+        lambda: accept_x("2a01::6", "2001:db8::1"),
+        lambda got: got.get("tor.client_role") == "exit" and got.get("tor.is_relay") is True,
+    ),
+    (
+        "connect to an entry and exit relay",
+        lambda: connect_x("10.0.0.5", "7.7.7.7"),
+        lambda got: got.get("tor.server_role") == "entry,exit",
+    ),
+    (
+        "connect to a relay of neither role",
+        lambda: connect_x("10.0.0.5", "8.8.8.1"),
+        lambda got: (
+            got.get("tor.server_role") == "relay"
+            and got.get("tor.server_is_relay") is True
+            and got.get("tor.server_is_entry") is False
+        ),
+    ),
+    (
+        "connect to a canary: an entry with no fingerprint",
+        lambda: connect_x("10.0.0.5", "198.51.100.7"),
+        lambda got: got.get("tor.server_is_entry") is True and "tor.fingerprint" not in got,
+    ),
+    (
+        "connect to no relay",
+        lambda: connect_x("10.0.0.5", "5.5.5.6"),
+        lambda got: (
+            got.get("tor.server_role") == "none" and "tor.fingerprint" not in got and got.get("tor.is_relay") is False
+        ),
+    ),
+    # first and last entries, and just outside them (binary search bounds)
+    *[
+        (
+            f"connect just outside the table's entries: {address}",
+            lambda address=address: connect_x("10.0.0.5" if ":" not in address else "2001:db8::1", address),
+            lambda got: got.get("tor.server_role") == "none",
+        )
+        for address in ("5.5.5.4", "198.51.100.8", "2a01::4", "2a01::7")
+    ],
+    # events that are not ours, or not well formed: no value (or role none), never a crash
+    (
+        "connect on a unix socket",
+        lambda: event(23, [struct.pack("<q", 0), b"\x01" + bytes(16), struct.pack("<q", 3), b""]),
+        lambda got: got.get("tor.server_role") == "none" and got.get("tor.is_relay") is False,
+    ),
+    ("an event of another type", lambda: event(3, [b"x", b"y"]), lambda got: got == {}),
+    *[
+        (
+            f"malformed connect: {what}",
+            make,
+            lambda got: "tor.server_is_entry" not in got or got["tor.server_is_entry"] is False,
+        )
+        for what, make in (
+            ("header only, nparams 0", lambda: _good_connect()[:20] + bytes(6)),
+            (
+                "len shorter than the header",
+                lambda: _good_connect()[:16] + struct.pack("<I", 10) + _good_connect()[20:],
+            ),
+            ("absurd nparams", lambda: _good_connect()[:22] + struct.pack("<I", 0xFFFFFFFF) + _good_connect()[26:]),
+            (
+                "tuple length beyond the event",
+                lambda: _good_connect()[:28] + struct.pack("<H", 0xFFFF) + _good_connect()[30:],
+            ),
+            (
+                "first parameter beyond the event",
+                lambda: _good_connect()[:26] + struct.pack("<H", 0xFFF0) + _good_connect()[28:],
+            ),
+            ("one parameter only", lambda: event(23, [struct.pack("<q", 0)])),
+            (
+                "short tuple",
+                lambda: event(23, [struct.pack("<q", 0), tuple_param("10.0.0.5", 1, "5.5.5.5", 2)[:-1], b"", b""]),
+            ),
+        )
+    ],
+]
+
+
+def started(plugin: Plugin, workdir: Path, check: Check) -> tuple[State, Path]:
+    """A state of ``plugin`` on :data:`TABLE_V1` written in ``workdir``, its start and metrics checked."""
     table = workdir / "tor.table"
     write_table(table, encode(TABLE_V1))
     state = plugin.init(config(table))
     check(state.rc == SUCCESS, f"init: {state.last_error}")
-    got = state.extract(connect_x("10.0.0.5", "5.5.5.5"))
-    check(got.get("tor.server_role") == "entry" and got.get("tor.server_is_entry") is True, f"connect entry: {got}")
-    check(got.get("tor.fingerprint") == GUARD and got.get("tor.nickname") == "guardian", f"names: {got}")
-    check(got.get("tor.client_role") == "none" and got.get("tor.client_is_exit") is False, f"client: {got}")
     metrics = state.metrics()
     check(metrics.get("table_loads") == (METRIC_MONOTONIC, 1), f"metrics: {metrics}")
     check(metrics.get("table_rejects") == (METRIC_MONOTONIC, 0), f"metrics: {metrics}")
     age = metrics.get("table_age_s", (None, 0))
     check(age[0] == METRIC_NON_MONOTONIC and age[1] >= time.time() - TABLE_V1.published - 60, f"age: {metrics}")
-    for event_type in (247, 249, 389):
-        got = state.extract(accept_x("6.6.6.6", "10.0.0.5", event_type))
-        check(got.get("tor.client_is_exit") is True and got.get("tor.remote_role") == "exit", f"{event_type}: {got}")
-        check(got.get("tor.fingerprint") == EXIT_RELAY, f"{event_type} fingerprint: {got}")
-    got = state.extract(accept_x("::ffff:6.6.6.6", "::ffff:10.0.0.5", 389))
-    check(got.get("tor.client_is_exit") is True, f"v4-mapped: {got}")
-    got = state.extract(accept_x("2a01::6", "2001:db8::1"))
-    check(got.get("tor.client_role") == "exit" and got.get("tor.is_relay") is True, f"v6 accept: {got}")
-    got = state.extract(connect_x("10.0.0.5", "7.7.7.7"))
-    check(got.get("tor.server_role") == "entry,exit", f"entry,exit: {got}")
-    got = state.extract(connect_x("10.0.0.5", "8.8.8.1"))
-    check(got.get("tor.server_role") == "relay" and got.get("tor.server_is_relay") is True, f"relay: {got}")
-    check(got.get("tor.server_is_entry") is False, f"relay not entry: {got}")
-    got = state.extract(connect_x("10.0.0.5", "198.51.100.7"))
-    check(got.get("tor.server_is_entry") is True and "tor.fingerprint" not in got, f"canary: {got}")
-    got = state.extract(connect_x("10.0.0.5", "5.5.5.6"))
-    check(got.get("tor.server_role") == "none" and "tor.fingerprint" not in got, f"miss: {got}")
-    check(got.get("tor.is_relay") is False, f"miss is_relay: {got}")
-    # first and last entries, and just outside them (binary search bounds)
-    for address, role in (("5.5.5.4", "none"), ("198.51.100.8", "none"), ("2a01::4", "none"), ("2a01::7", "none")):
-        got = state.extract(connect_x("10.0.0.5" if ":" not in address else "2001:db8::1", address))
-        check(got.get("tor.server_role") == role, f"{address}: {got}")
-    # events that are not ours, or not well formed: no value (or role none), never a crash
-    unix = event(23, [struct.pack("<q", 0), b"\x01" + bytes(16), struct.pack("<q", 3), b""])
-    got = state.extract(unix)
-    check(got.get("tor.server_role") == "none" and got.get("tor.is_relay") is False, f"unix socket: {got}")
-    check(state.extract(event(3, [b"x", b"y"])) == {}, "other type")
-    good = connect_x("10.0.0.5", "5.5.5.5")
-    malformed = [
-        good[:20] + bytes(6),  # header only, nparams 0
-        good[:16] + struct.pack("<I", 10) + good[20:],  # len shorter than the header
-        good[:22] + struct.pack("<I", 0xFFFFFFFF) + good[26:],  # absurd nparams
-        good[:28] + struct.pack("<H", 0xFFFF) + good[30:],  # tuple length beyond the event
-        good[:26] + struct.pack("<H", 0xFFF0) + good[28:],  # first parameter beyond the event
-        event(23, [struct.pack("<q", 0)]),  # one parameter only
-        event(23, [struct.pack("<q", 0), tuple_param("10.0.0.5", 1, "5.5.5.5", 2)[:-1], b"", b""]),  # short tuple
-    ]
-    for i, bad in enumerate(malformed):
-        got = state.extract(bad)
-        check("tor.server_is_entry" not in got or got["tor.server_is_entry"] is False, f"malformed {i}: {got}")
-    # reloads: a corrupt table is refused (once), the old one kept; a good one is taken; a missing file is noted
+    return state, table
+
+
+def reload_scenario(plugin: Plugin, workdir: Path, check: Check) -> None:
+    """Reloads in order: a corrupt table is refused (once), the old one kept; a good one is taken; a missing file
+    is noted and the table kept; the file back is taken; reloads run off the extraction thread; a second state is
+    independent."""
+    state, table = started(plugin, workdir, check)
     corrupt = bytearray(encode(TABLE_V2))
     corrupt[-1] ^= 1
     write_table(table, bytes(corrupt))
     check(wait_until(lambda: "checksum mismatch" in state.last_error), f"last error: {state.last_error}")
     check(role_of(state, "5.5.5.5") == "entry" and state.metric("table_loads") == 1, "kept after corrupt")
     time.sleep(0.05)  # some fifty more checks of the same bad file
-    state.extract(good)
+    state.extract(_good_connect())
     errors = [m for sev, m in state.logs if sev == 3]
     check(len(errors) == 1 and "keeping the loaded table" in errors[0], f"error logs: {state.logs}")
     check(state.metric("table_rejects") == 1, f"rejects: {state.metrics()}")
@@ -436,7 +528,18 @@ def run_scenario(plugin: Plugin, workdir: Path) -> list[str]:
     check(other.metric("table_loads") == 1, f"second state: {other.metrics()}")
     other.close()
     state.close()
-    return failures
+
+
+def run_scenario(plugin: Plugin, workdir: Path, check: Check) -> None:
+    """Every extraction of :data:`EXTRACTIONS` on one state, then the reloads (:func:`reload_scenario`)."""
+    state, _ = started(plugin, workdir, check)
+    for what, make, right in EXTRACTIONS:
+        got = state.extract(make())
+        check(right(got), f"{what}: {got}")
+    state.close()
+    reloads = workdir / "reloads"
+    reloads.mkdir()
+    reload_scenario(plugin, reloads, check)
 
 
 def _rename_over(path: Path, data: bytes) -> None:
@@ -446,14 +549,8 @@ def _rename_over(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def fifo_scenario(plugin: Plugin, workdir: Path) -> list[str]:
+def fifo_scenario(plugin: Plugin, workdir: Path, check: Check) -> None:
     """A FIFO at the table path, at init and swapped in for a reload: nothing blocks, the table in use stays."""
-    failures: list[str] = []
-
-    def check(ok: bool, what: str) -> None:
-        if not ok:
-            failures.append(what)
-
     table = workdir / "tor.table"
     os.mkfifo(table)
     state, blocked = bounded(lambda: plugin.init(config(table)), table)
@@ -470,8 +567,8 @@ def fifo_scenario(plugin: Plugin, workdir: Path) -> list[str]:
     replace_with_fifo(table)
     for _ in range(20):  # extraction goes on while the loader meets the FIFO
         role, blocked = bounded(lambda: role_of(state, "5.5.5.5"), table)
+        check(not blocked, "extraction blocked on a FIFO swapped in at the table path")
         if blocked:
-            failures.append("extraction blocked on a FIFO swapped in at the table path")
             break
         check(role == "entry", f"table kept while a FIFO is at the path: {role}")
         time.sleep(0.005)
@@ -485,20 +582,13 @@ def fifo_scenario(plugin: Plugin, workdir: Path) -> list[str]:
     check(state.metric("table_loads") == 2, f"loads: {state.metrics()}")
     _, blocked = bounded(state.close, table)
     check(not blocked, "plugin_destroy blocked")
-    return failures
 
 
-def size_limit_scenario(plugin: Plugin, workdir: Path, *, measure_memory: bool = True) -> list[str]:
+def size_limit_scenario(plugin: Plugin, workdir: Path, check: Check, *, measure_memory: bool = True) -> None:
     """A sparse table file one byte over the limit, at init and swapped in: refused unread, memory not grown.
 
     ``measure_memory``: compare the process's peak RSS before and after (not under AddressSanitizer).
     """
-    failures: list[str] = []
-
-    def check(ok: bool, what: str) -> None:
-        if not ok:
-            failures.append(what)
-
     limit_message = f"more than the {MAX_BYTES}-byte limit"
     slack_kb = 16 * 1024  # far below the 64 MiB a read would cost
     table = workdir / "tor.table"
@@ -521,7 +611,6 @@ def size_limit_scenario(plugin: Plugin, workdir: Path, *, measure_memory: bool =
         check(peak_rss_kb() - before < slack_kb, f"reload read the huge file: peak RSS +{peak_rss_kb() - before} KiB")
     check(state.metric("table_rejects") == 1 and state.metric("table_loads") == 1, f"metrics: {state.metrics()}")
     state.close()
-    return failures
 
 
 def big_table(marker: str, count: int) -> Table:
@@ -532,7 +621,9 @@ def big_table(marker: str, count: int) -> Table:
     return Table(tuple(sorted(entries, key=lambda e: int(e.address))), published=1_700_000_000)
 
 
-def swap_under_load_scenario(plugin: Plugin, workdir: Path, *, count: int = 250_000, swaps: int = 6) -> list[str]:
+def swap_under_load_scenario(
+    plugin: Plugin, workdir: Path, check: Check, *, count: int = 250_000, swaps: int = 6
+) -> None:
     """Valid tables of ``count`` addresses replaced ``swaps`` times while this thread extracts without pause.
 
     Every extraction must succeed and answer from one whole table (the marker address of table A or B is an entry
@@ -541,12 +632,6 @@ def swap_under_load_scenario(plugin: Plugin, workdir: Path, *, count: int = 250_
     replaced by a child process (copy, then rename), so that no thread of this process competes for the GIL
     with the extracting one; the times per extraction printed at the end are for information, not asserted.
     """
-    failures: list[str] = []
-
-    def check(ok: bool, what: str) -> None:
-        if not ok:
-            failures.append(what)
-
     table = workdir / "tor.table"
     order = ["9.9.0.2", "9.9.0.1"] * (swaps // 2)
     for marker in set(order):
@@ -572,7 +657,7 @@ def swap_under_load_scenario(plugin: Plugin, workdir: Path, *, count: int = 250_
             got_a = state.extract(a, ["tor.server_role", "tor.fingerprint"])
             got_b = state.extract(b, ["tor.server_role", "tor.fingerprint"])
         except RuntimeError as exc:
-            failures.append(str(exc))
+            check(False, f"extraction failed: {exc}")
             break
         times.append((time.perf_counter() - started) / 2)
         calls += 2
@@ -598,22 +683,23 @@ def swap_under_load_scenario(plugin: Plugin, workdir: Path, *, count: int = 250_
         f"p99 {p99:.3f}, max {worst:.3f}",
         file=sys.stderr,
     )
-    return failures
 
 
 def run_all(plugin: Plugin, workdir: Path, *, measure_memory: bool = True) -> list[str]:
-    """Every scenario, each in a folder of its own."""
+    """Every scenario, each in a folder of its own; the checks that failed, each named (empty: all good)."""
     failures: list[str] = []
-    scenarios: list[tuple[str, Callable[[Path], list[str]]]] = [
-        ("run", lambda d: run_scenario(plugin, d)),
-        ("fifo", lambda d: fifo_scenario(plugin, d)),
-        ("size", lambda d: size_limit_scenario(plugin, d, measure_memory=measure_memory)),
-        ("swap", lambda d: swap_under_load_scenario(plugin, d, count=20_000)),
+    scenarios: list[tuple[str, Callable[[Path, Check], None]]] = [
+        ("run", lambda d, check: run_scenario(plugin, d, check)),
+        ("fifo", lambda d, check: fifo_scenario(plugin, d, check)),
+        ("size", lambda d, check: size_limit_scenario(plugin, d, check, measure_memory=measure_memory)),
+        ("swap", lambda d, check: swap_under_load_scenario(plugin, d, check, count=20_000)),
     ]
     for name, scenario in scenarios:
         folder = workdir / name
         folder.mkdir()
-        failures.extend(f"{name}: {f}" for f in scenario(folder))
+        found: list[str] = []
+        scenario(folder, collector(found))
+        failures.extend(f"{name}: {f}" for f in found)
     return failures
 
 

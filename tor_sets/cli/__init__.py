@@ -20,53 +20,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from collections.abc import Callable, Sequence
-from types import ModuleType
 
 from tor_sets import __version__
+from tor_sets.cli import bench, build, engines, enrich, plugin, publish, refresh, selftest, verify
+from tor_sets.cli.flags import with_flags
 from tor_sets.errors import TorSetsError
 
 EXIT_CODES_HELP = __doc__.split("Exit codes:", 1)[1] if __doc__ else ""
 
-#: the option fields library messages name, and the flag that sets each (issue 15.4: the library names fields,
-#: the command line names its flags)
-OPTION_FLAGS = {
-    "allow_fallback": "--allow-fallback",
-    "lock_timeout": "--lock-timeout",
-    "max_age": "--max-age",
-    "max_drop": "--max-drop",
-    "min_relays": "--min-relays",
-    "plain_http": "--plain-http",
-    "reload.pid": "--reload-pid",
-}
-# a field as a word of its own: not inside a path, a URL, a dotted name or an assignment
-_OPTION_FIELD = re.compile(r"(?<![\w./=-])(" + "|".join(map(re.escape, OPTION_FLAGS)) + r")(?![\w/=-])")
-
-
-def with_flags(message: str) -> str:
-    """A library message as the command line shows it: each option field it names replaced by its flag.
-
-    >>> with_flags("only 0 running relays in the data (at least 5000 required, min_relays)")
-    'only 0 running relays in the data (at least 5000 required, --min-relays)'
-    >>> with_flags("cannot read /srv/min_relays/x.json")
-    'cannot read /srv/min_relays/x.json'
-    """
-    return _OPTION_FIELD.sub(lambda match: OPTION_FLAGS[match[1]], message)
-
-
-def _subcommand_modules() -> list[ModuleType]:
-    from tor_sets.cli import build
-
-    modules: list[ModuleType] = [build]
-    for name in ("verify", "engines", "bench", "refresh", "publish", "enrich", "selftest", "plugin"):
-        try:
-            modules.append(__import__(f"tor_sets.cli.{name}", fromlist=["add_parser"]))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"tor_sets.cli.{name}":
-                raise
-    return modules
+#: every subcommand's module, in the order ``tor-sets --help`` lists them
+_SUBCOMMANDS = (build, verify, engines, bench, refresh, publish, enrich, selftest, plugin)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -80,7 +45,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tor-sets {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in _subcommand_modules():
+    for module in _SUBCOMMANDS:
         module.add_parser(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""``tor-sets bench``: rule size and evaluation cost of each encoding on the real engines."""
+"""``tor-sets bench``: rule size and evaluation cost of each encoding (and of the plugin) on the real engines."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from tor_sets.bench import encodings, falco_cost, run_bench, table, to_json, write_report
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
 from tor_sets.engines import Engine, FalcoEngine, FalcoLocal, get_engine
 from tor_sets.errors import EngineUnavailable, UsageError
 from tor_sets.files import require_folder
 from tor_sets.onionoo import bundled_snapshot, read_snapshot
+from tor_sets.verify import bench_json, encodings, falco_cost, format_bench, run_bench, write_report
 
 log = logging.getLogger("tor_sets")
 
@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="measure rule size and evaluation cost of each encoding on the real engines",
         description="Write the same coverage (entry + exit, IPv4 + IPv6, inbound + outbound) in several encodings "
         "and measure bytes, list items, load time, peak engine memory and the cost of replaying a generated "
-        "capture relative to the same replay with no Tor rule.",
+        "capture relative to the same replay with no Tor rule. On real Falco (--engine falco-local), also the "
+        "plugin rules with the tor-sets plugin loaded, against the list-based rules.",
     )
     parser.add_argument("--input", "-i", type=Path, metavar="FILE", help="relay snapshot (default: the bundled one)")
     parser.add_argument(
@@ -157,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
         for path in write_report(result, args.output, default=f"hybrid-{DEFAULT_EXPAND_BELOW}"):
             log.info("wrote %s", path)
     if args.json:
-        json.dump(to_json(result), sys.stdout, indent=2, sort_keys=True)
+        json.dump(bench_json(result), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(table(result))
+        sys.stdout.write(format_bench(result))
     return 0

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tor-sets: engines: {done} step(s) done, {len(steps) - done} already in place", file=sys.stderr)
         return 0
     if args.engines_command == "list":
-        _print_list(setup.status(), as_json=args.json)
+        _print_list(setup.engine_status(), as_json=args.json)
         return 0
     stopped = setup.stop_docker(args.session)
     if stopped is None:

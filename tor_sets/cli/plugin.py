@@ -1,4 +1,4 @@
-"""``tor-sets plugin``: build, configure, feed, inspect and benchmark the tor-sets Falco plugin.
+"""``tor-sets plugin``: build, configure, feed and inspect the tor-sets Falco plugin.
 
 Subcommands:
 
@@ -7,7 +7,9 @@ Subcommands:
 * ``table [-o FILE]``: write the plugin's table (with fingerprints and nicknames) from the relay directory,
   atomically, so that a running plugin picks it up; takes the relay-data and rules options of ``build``.
 * ``inspect FILE [--lookup ADDRESS]``: check a table as the plugin would and print a JSON summary.
-* ``bench``: time the plugin rules against the list-based rules on sid's sysdig (needs root and the engine).
+
+What the plugin costs an engine, against the list-based rules, is measured by the one benchmark:
+``tor-sets bench --engine falco-local`` (real Falco, the plugin loaded; see docs/plugin.md).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import ipaddress
 import json
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 from tor_sets.build import build
@@ -31,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser = sub.add_parser(
         "plugin",
         help="the tor-sets Falco plugin (tor.* fields from a table it reloads)",
-        description="Build, configure, feed, inspect and benchmark the tor-sets Falco plugin.",
+        description="Build, configure, feed and inspect the tor-sets Falco plugin. Its cost against the list-based "
+        "rules: tor-sets bench --engine falco-local.",
     )
     commands = parser.add_subparsers(dest="plugin_command", required=True, metavar="ACTION")
 
@@ -80,18 +82,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("table", type=Path, metavar="FILE")
     p.add_argument("--lookup", action="append", default=[], metavar="ADDRESS", help="also show these addresses")
     p.set_defaults(func=_run_inspect)
-
-    p = commands.add_parser(
-        "bench",
-        help="time plugin rules against list rules",
-        description="Replay one capture through sid's sysdig with the list-based rules and with the plugin rules.",
-    )
-    p.add_argument("--connections", type=int, default=200_000, metavar="N", help="connects (default: 200000)")
-    p.add_argument("--repeat", type=int, default=3, metavar="N", help="runs per variant (default: 3)")
-    p.add_argument("--library", type=Path, metavar="PATH", help="a built libtorsets.so (default: build one)")
-    p.add_argument("--workdir", type=Path, metavar="DIR", help="keep the capture and table here")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_run_bench)
 
 
 def _run_build(args: argparse.Namespace) -> int:
@@ -167,58 +157,4 @@ def _run_inspect(args: argparse.Namespace) -> int:
     if args.lookup:
         document["lookup"] = lookups
     print(json.dumps(document, sort_keys=True, indent=2))
-    return 0
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    from tor_sets.onionoo import bundled_snapshot
-    from tor_sets.plugin.native import compile_plugin
-    from tor_sets.plugin.replay import benchmark
-
-    if args.connections < 1 or args.repeat < 1:
-        raise TorSetsError("--connections and --repeat must be positive")
-    snapshot = bundled_snapshot()
-    built = build(snapshot)
-    with tempfile.TemporaryDirectory(prefix="tor-sets-bench-") as scratch:
-        workdir = args.workdir or Path(scratch)
-        library = args.library or compile_plugin(workdir)
-        log.info("replaying %d connects, %d runs per variant ...", args.connections, args.repeat)
-        events, results = benchmark(workdir, built, snapshot, library, connections=args.connections, repeat=args.repeat)
-    base = next(r for r in results if r.name == "baseline")
-    if args.json:
-        document = {
-            "schema": 1,
-            "events": events,
-            "connections": args.connections,
-            "results": [
-                {
-                    "name": r.name,
-                    "walls_s": [round(w, 4) for w in r.walls_s],
-                    "median_s": round(r.median_s, 4),
-                    "cpus_s": [round(c, 4) for c in r.cpus_s],
-                    "median_cpu_s": round(r.median_cpu_s, 4),
-                    "ns_per_event_over_baseline": round((r.median_s - base.median_s) / events * 1e9, 1),
-                    "cpu_ns_per_event_over_baseline": round((r.median_cpu_s - base.median_cpu_s) / events * 1e9, 1),
-                    "matches": r.matches,
-                    "max_rss_kb": r.max_rss_kb,
-                    "condition_chars": r.condition_chars,
-                }
-                for r in results
-            ],
-        }
-        print(json.dumps(document, sort_keys=True, indent=2))
-        return 0
-    print(f"{events} events ({args.connections} connects), median of {args.repeat} rounds, sysdig 0.41.4 (sid)")
-    print(
-        f"{'variant':<9} {'wall s':>7} {'ns/event':>9} {'CPU s':>7} {'CPU ns/event':>13} {'matches':>8} "
-        f"{'peak RSS MB':>12} {'filter chars':>13}"
-    )
-    for r in results:
-        wall_extra = (r.median_s - base.median_s) / events * 1e9
-        cpu_extra = (r.median_cpu_s - base.median_cpu_s) / events * 1e9
-        print(
-            f"{r.name:<9} {r.median_s:>7.3f} {wall_extra:>9.1f} {r.median_cpu_s:>7.3f} {cpu_extra:>13.1f} "
-            f"{r.matches:>8} {r.max_rss_kb / 1024:>12.1f} {r.condition_chars:>13}"
-        )
-    print("(ns/event: the median over the baseline's, divided by the events; the baseline is replay alone)")
     return 0

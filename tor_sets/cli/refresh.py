@@ -21,8 +21,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
-from tor_sets.cli import with_flags
 from tor_sets.cli.build import add_rules_arguments, add_source_arguments, build_options, parse_duration
+from tor_sets.cli.flags import with_flags
 from tor_sets.deploy.refresh import (
     VALIDATIONS,
     DeploymentStatus,

@@ -18,8 +18,7 @@ from tor_sets.falco.load import load_rules
 from tor_sets.falco.model import CURRENT_FALCO
 from tor_sets.onionoo import bundled_snapshot, read_snapshot
 from tor_sets.relays import Snapshot
-from tor_sets.scenarios import make_scenario
-from tor_sets.verify import Verdict, format_table, outbound_role, verify
+from tor_sets.verify import Verdict, format_verdicts, make_scenario, outbound_role, verify
 
 log = logging.getLogger("tor_sets")
 
@@ -197,5 +196,5 @@ def run(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(format_table(verdicts))
+        sys.stdout.write(format_verdicts(verdicts))
     return 0 if ok else 1

@@ -5,7 +5,8 @@ One seam: :meth:`Engine.replay` takes a capture and rules files and returns, per
 sysdig builds (:class:`SysdigModern`, :class:`SysdigModernDocker`, :class:`SysdigLegacy`) expand each rule with
 tor-sets' own loader and stay as the second opinion and the 2022 engine. Exports the engine classes, the values
 they return (:class:`Match`, :class:`Run`, :class:`Replay`), :class:`Plugin`, :data:`ENGINES` (a plain dict from
-name to class), :func:`get_engine` and :func:`auto` (the best engine present). Setting engines up is
+name to class), :func:`get_engine` and :func:`auto` (the best engine present). :class:`FakeEngine` (:mod:`.fake`)
+is a test double whose replays answer from a function; it is not in :data:`ENGINES`. Setting engines up is
 :mod:`tor_sets.provision`'s job.
 
 >>> sorted(ENGINES)
@@ -15,6 +16,7 @@ name to class), :func:`get_engine` and :func:`auto` (the best engine present). S
 from __future__ import annotations
 
 from tor_sets.engines.base import DEFAULT_FIELDS, Engine, Match, Plugin, Replay, Run
+from tor_sets.engines.fake import FakeEngine
 from tor_sets.engines.falco import FalcoContainer, FalcoEngine, FalcoLocal
 from tor_sets.engines.sysdig import SysdigLegacy, SysdigModern, SysdigModernDocker
 from tor_sets.errors import EngineUnavailable
@@ -24,6 +26,7 @@ __all__ = [
     "ENGINES",
     "PREFERENCE",
     "Engine",
+    "FakeEngine",
     "FalcoContainer",
     "FalcoEngine",
     "FalcoLocal",

@@ -13,7 +13,7 @@ has no such limit, then prints one JSON line per matching event. Events are labe
 (``evt.rawtime`` split into ``.s`` and ``.ns``, because Lua holds numbers as doubles) since event numbers differ
 between engines for the same capture.
 
-See docs/verify.md and the module docstrings of tor_sets.provision and tor_sets.scap.
+See docs/verify.md and the module docstrings of tor_sets.provision and tor_sets.verify.capture.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ What this package exports:
 * the table model and codec (:mod:`tor_sets.plugin.table`): :class:`Table`, :class:`TableEntry`,
   :func:`make_table`, :func:`encode`, :func:`decode`;
 * :func:`falco_config` (the Falco ``config.d`` drop-in), :func:`compile_plugin` (gcc → ``libtorsets.so``);
-* :func:`replay` (sid's sysdig with the plugin loaded) for verification and benchmarks.
+* :func:`engine_plugin`: the plugin as an engine loads it for a replay (``Engine.replay(..., plugins=[...])``,
+  real Falco or sid's sysdig with ``-H``), for verification and benchmarks (``tor-sets bench``).
 
 Example::
 
@@ -33,26 +34,31 @@ import re
 
 from tor_sets.build import Built
 from tor_sets.plugin.native import compile_plugin, find_include_dir, source_bytes
-from tor_sets.plugin.replay import PluginSpec, replay
-from tor_sets.plugin.rules import PLUGIN_NAME, PLUGIN_VERSION, falco_config, plugin_rules_file, plugin_rules_text
+from tor_sets.plugin.rules import (
+    PLUGIN_NAME,
+    PLUGIN_VERSION,
+    engine_plugin,
+    falco_config,
+    plugin_rules_file,
+    plugin_rules_text,
+)
 from tor_sets.plugin.table import Table, TableEntry, decode, encode, make_table
 from tor_sets.relays import RelaySets, Snapshot
 
 __all__ = [
     "PLUGIN_NAME",
     "PLUGIN_VERSION",
-    "PluginSpec",
     "Table",
     "TableEntry",
     "compile_plugin",
     "decode",
     "encode",
+    "engine_plugin",
     "falco_config",
     "find_include_dir",
     "make_table",
     "plugin_rules_file",
     "plugin_rules_text",
-    "replay",
     "rule_families",
     "source_bytes",
     "table_bytes",

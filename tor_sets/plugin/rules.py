@@ -1,9 +1,10 @@
 """Falco rules and configuration for the tor-sets plugin.
 
 Exports :func:`plugin_rules_file` (the rules model), :func:`plugin_rules_text` (its YAML, with
-``required_plugin_versions``), :func:`falco_config` (the ``config.d`` drop-in that loads the plugin) and the
-plugin's identity: :data:`PLUGIN_NAME`, :data:`PLUGIN_VERSION`, :data:`REQUIRED_API_VERSION`,
-:data:`EVENT_SCHEMA_VERSION`, its fields :data:`FIELDS` and metrics :data:`METRICS`.
+``required_plugin_versions``), :func:`falco_config` (the ``config.d`` drop-in that loads the plugin),
+:func:`engine_plugin` (the plugin as an engine replay loads it) and the plugin's identity: :data:`PLUGIN_NAME`,
+:data:`PLUGIN_VERSION`, :data:`REQUIRED_API_VERSION`, :data:`EVENT_SCHEMA_VERSION`, its fields :data:`FIELDS` and
+metrics :data:`METRICS`.
 
 The plugin rules mirror the list-based ones of :func:`tor_sets.falco.generate.generate` item by item: the same
 rule names (so verification labels and users' exceptions keep working), the same tuning macros (users' tuning
@@ -28,12 +29,14 @@ https://falco.org/docs/reference/rules/ (``required_plugin_versions``).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tor_sets.build import Built
-from tor_sets.errors import SanityError
+from tor_sets.engines.base import Plugin
+from tor_sets.errors import SanityError, UsageError
 from tor_sets.falco.emit import render
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RELAY_RULE, OUTBOUND_RULE, tuning_macros
 from tor_sets.falco.model import Item, Macro, Rule, RulesFile
@@ -52,6 +55,7 @@ __all__ = [
     "PLUGIN_VERSION",
     "REQUIRED_API_VERSION",
     "ROLE_CONDITIONS",
+    "engine_plugin",
     "falco_config",
     "plugin_rules_file",
     "plugin_rules_text",
@@ -191,6 +195,9 @@ def falco_config(
         table: where the table is written (``tor-sets build --format plugin-table -o TABLE``).
         check_interval_s: seconds between the plugin's checks for a replaced table.
 
+    Raises:
+        UsageError: ``check_interval_s`` is negative.
+
     >>> print(falco_config(table="/etc/falco/tor.table"), end="")
     # tor-sets plugin: tor.* fields for syscall events. A Falco config.d drop-in: Falco 0.41+ appends its
     # load_plugins and plugins to those of falco.yaml and of the other drop-ins (container keeps loading).
@@ -204,9 +211,7 @@ def falco_config(
         table: /etc/falco/tor.table
         check_interval_s: 5
     """
-    if check_interval_s < 0:
-        raise ValueError("check_interval_s must not be negative")
-    interval: float | int = int(check_interval_s) if float(check_interval_s).is_integer() else check_interval_s
+    interval = _interval(check_interval_s)
     document = {
         "load_plugins": [PLUGIN_NAME],
         "plugins": [
@@ -218,3 +223,37 @@ def falco_config(
         ],
     }
     return _CONFIG_HEADER + _dump(document)
+
+
+def engine_plugin(library: Path, table: Path, *, check_interval_s: float | None = None) -> Plugin:
+    """The plugin as an engine loads it for a replay (:meth:`tor_sets.engines.Engine.replay`, ``plugins=``).
+
+    The engine copies the library and the table where it can read them (a chroot, a container) and rewrites
+    ``table`` in the ``init_config``.
+
+    >>> engine_plugin(Path("libtorsets.so"), Path("tor.table"), check_interval_s=0.5).init_config
+    mappingproxy({'table': 'tor.table', 'check_interval_s': 0.5})
+
+    Args:
+        library: the compiled plugin (``tor-sets plugin build``).
+        table: the table file.
+        check_interval_s: seconds between the plugin's checks for a replaced table (None: the plugin's default).
+
+    Raises:
+        UsageError: ``check_interval_s`` is negative.
+    """
+    config: dict[str, object] = {"table": str(table)}
+    if check_interval_s is not None:
+        config["check_interval_s"] = _interval(check_interval_s)
+    return Plugin(PLUGIN_NAME, library, config, files=("table",))
+
+
+def _interval(check_interval_s: float) -> float | int:
+    """The check interval as the plugin's JSON takes it: whole seconds as an integer.
+
+    Raises:
+        UsageError: it is negative.
+    """
+    if check_interval_s < 0:
+        raise UsageError("check_interval_s must not be negative")
+    return int(check_interval_s) if float(check_interval_s).is_integer() else check_interval_s

@@ -2,7 +2,7 @@
 else in tor-sets uses.
 
 Exports :func:`install` (parts ``legacy``, ``modern``, ``docker``, ``falco``, ``bench``, or ``all``; each step is
-skipped when already done), :func:`status` (every engine, present or not, with its version), :class:`Step`,
+skipped when already done), :func:`engine_status` (every engine, present or not, with its version), :class:`Step`,
 :class:`EngineStatus`, :data:`PARTS`, :data:`EXTRA_PARTS`, and the Docker daemon's :func:`stop_docker`.
 
 Modules, one per kind of part: :mod:`.steps` (running commands with logs, apt, the lock, mounts),
@@ -32,8 +32,8 @@ __all__ = [
     "EngineStatus",
     "Step",
     "docker_state",
+    "engine_status",
     "install",
-    "status",
     "stop_docker",
 ]
 
@@ -118,7 +118,7 @@ def install(
     return tuple(done)
 
 
-def status() -> tuple[EngineStatus, ...]:
+def engine_status() -> tuple[EngineStatus, ...]:
     """Every engine of :data:`~tor_sets.engines.ENGINES`, present or not, with its version or the reason."""
     found = []
     for name in ENGINES:

@@ -28,7 +28,8 @@ import pytest
 import yaml
 
 from tests.support.onionoo_server import free_port
-from tor_sets.cli import OPTION_FLAGS, main, with_flags
+from tor_sets.cli import main
+from tor_sets.cli.flags import OPTION_FLAGS, with_flags
 from tor_sets.deploy.refresh import read_state
 from tor_sets.deploy.refresh.state import state_path
 from tor_sets.falco.load import load_rules

@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import REPO
 from tor_sets.build import BuildOptions, build
-from tor_sets.cli import main, with_flags
+from tor_sets.cli import main
+from tor_sets.cli.flags import with_flags
 from tor_sets.deploy.refresh import (
     Deployed,
     Failure,

@@ -29,7 +29,7 @@ from tor_sets.runtime.selftest import (
 )
 from tor_sets.runtime.selftest.simulate import _connections
 from tor_sets.runtime.selftest.sinks import alert_matches, alerts_wanted
-from tor_sets.scap import MIN_GAP_NS
+from tor_sets.verify.capture import MIN_GAP_NS
 
 EMPTY = HostNetwork(frozenset(), frozenset())
 MACHINE = HostNetwork(

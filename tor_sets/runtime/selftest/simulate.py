@@ -20,7 +20,7 @@ from tor_sets.engines.base import Engine
 from tor_sets.falco.alerts import alert_json, output_fields
 from tor_sets.falco.load import load_rules
 from tor_sets.runtime.selftest.lab import Observed
-from tor_sets.scap import MIN_GAP_NS, Connection, Process, write_capture
+from tor_sets.verify.capture import MIN_GAP_NS, Connection, Process, write_capture
 
 __all__ = ["SIMULATED_FIELDS", "simulate_alerts"]
 

@@ -1,4 +1,5 @@
-"""Unit tests of the capture writer and reader (no engines): layout, round trips, real captures, errors."""
+"""The capture writer (tor_sets.verify.capture), checked with the tests' strict reader (tests/support/scap_reader.py),
+and that reader itself on real captures and crafted blocks: layout, round trips, errors (no engines)."""
 
 from __future__ import annotations
 
@@ -16,26 +17,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tor_sets import scap
-from tor_sets.errors import CaptureError
-from tor_sets.scap import (
-    MIN_GAP_NS,
+from tests.conftest import DATA
+from tests.support import scap_reader
+from tests.support.scap_reader import (
     Block,
-    BlockType,
-    Connection,
     ConnectionRecord,
-    Interface,
-    Process,
     connections,
     decode_sockaddr,
     decode_socktuple,
     read_blocks,
     read_events,
     section_options,
-    write_capture,
 )
+from tor_sets.errors import CaptureError
+from tor_sets.verify import capture
+from tor_sets.verify.capture import MIN_GAP_NS, BlockType, Connection, Interface, Process, write_capture
 
-CAPTURES = Path(__file__).parent.parent / "data" / "captures"
+CAPTURES = DATA / "captures"
 T0 = 1_700_000_000_000_000_000
 TOR = Process(pid=4242, comm="tor", exe="/usr/bin/tor", args=("-f", "/etc/tor/torrc"), cwd="/var/lib/tor")
 CURL = Process(pid=77, comm="curl", exe="/usr/bin/curl")
@@ -258,7 +256,7 @@ def test_output_is_deterministic_and_counts_events() -> None:
 
 
 def test_many_connections_span_several_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scap, "_CHUNK_CONNECTIONS", 3)
+    monkeypatch.setattr(capture, "_CHUNK_CONNECTIONS", 3)
     conns = [make_connection(ts_ns=T0 + 10 * i, client_port=1000 + i) for i in range(10)]
     out = io.BytesIO()
     assert write_capture(out, iter(conns), processes=PROCESSES) == 60
@@ -574,5 +572,5 @@ def test_socktuple_and_sockaddr_decoding() -> None:
 
 
 def test_docstring_examples() -> None:
-    result = doctest.testmod(scap)
+    result = doctest.testmod(scap_reader)
     assert result.attempted >= 2 and result.failed == 0

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tor_sets.onionoo import address_problem
 from tor_sets.relays import IPAddress, IPNetwork, RelaySets, Role
-from tor_sets.scap import Connection, ConnectionKind, Interface, Process, write_capture
+from tor_sets.verify.capture import Connection, ConnectionKind, Interface, Process, write_capture
 
 __all__ = [
     "Expectation",

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import DATA, REPO
 from tests.support.engines import engine_or_skip
 from tests.support.falco import container_double
 from tor_sets.build import build
@@ -29,13 +30,11 @@ from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
 from tor_sets.falco.legacy2022 import render_2022
 from tor_sets.falco.load import load_rules
 from tor_sets.relays import Relay, Snapshot, classify
-from tor_sets.scenarios import make_scenario, write_scenario
-from tor_sets.verify import disagreements, verify
+from tor_sets.verify import disagreements, make_scenario, verify, write_scenario
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).parent.parent.parent
-CAPTURES = REPO / "tests" / "data" / "captures"
+CAPTURES = DATA / "captures"
 UPSTREAM_RULES = REPO.parent / "shared" / "upstream" / "falco-rules-705c3db.tar.gz"
 ANY_CONNECTION = "evt.type in (connect, accept, accept4) and fd.sip exists"
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import ipaddress
+import json
 import os
 import queue
 import select
@@ -34,19 +35,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.engines import engine_or_skip
+from tests.support.scap_reader import read_blocks
 from tor_sets.build import Built, build
 from tor_sets.engines.base import run_process, temporary_workspace
 from tor_sets.engines.sysdig import SYSDIG_INSIDE, SysdigModern
-from tor_sets.errors import EngineUnavailable, TorSetsError
+from tor_sets.errors import TorSetsError
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
 from tor_sets.falco.load import load_rules
 from tor_sets.files import atomic_write
 from tor_sets.onionoo import bundled_snapshot
-from tor_sets.plugin import PluginSpec, compile_plugin, plugin_rules_text, replay, table_bytes
-from tor_sets.plugin.replay import init_config, rules_condition
+from tor_sets.plugin import compile_plugin, engine_plugin, plugin_rules_text, table_bytes
 from tor_sets.plugin.table import ENTRY, EXIT, MAX_BYTES, decode, write_table
 from tor_sets.relays import IPAddress, Relay, Snapshot
-from tor_sets.scap import BlockType, Connection, Interface, Process, read_blocks, write_capture
+from tor_sets.verify.bench import rules_condition
+from tor_sets.verify.capture import BlockType, Connection, Interface, Process, write_capture
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +64,14 @@ INTERFACES = [Interface("eth0", HOST4, 24), Interface("eth0", HOST6, 64)]
 
 @pytest.fixture(scope="module")
 def engine() -> SysdigModern:
-    modern = SysdigModern()
-    try:
-        modern.check()
-    except EngineUnavailable as exc:
-        pytest.skip(str(exc))
+    modern = engine_or_skip("sysdig-modern")
+    assert isinstance(modern, SysdigModern)
     return modern
+
+
+def init_config(table: str, check_interval_s: float) -> str:
+    """The plugin's init_config for a sysdig command line made by hand (``-H LIBRARY:CONFIG``)."""
+    return json.dumps({"table": table, "check_interval_s": check_interval_s}, separators=(",", ":"))
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +187,7 @@ def test_plugin_rules_fire_exactly_on_tor_connections(
     table_path = tmp_path / "tor.table"
     table_path.write_bytes(table_bytes(built, snapshot))
     table = decode(table_path.read_bytes())
-    spec = PluginSpec(library, table_path)
+    plugin = engine_plugin(library, table_path, check_interval_s=5)
     plugin_rules = load_rules(plugin_rules_text(built)).rules
     list_rules = load_rules(built.text).rules
     assert set(plugin_rules) == set(list_rules) == {OUTBOUND_RULE, INBOUND_RULE}
@@ -195,7 +200,7 @@ def test_plugin_rules_fire_exactly_on_tor_connections(
     for name, rule in plugin_rules.items():
         expected = {c.connection.ts_ns for c in cases if c.rule == name}
         assert expected, name
-        run = replay(capture, rule.expanded, FIELDS, plugin=spec, engine=engine)
+        run = engine.filter(capture, rule.expanded, FIELDS, plugins=[plugin])
         fired = {m.ts_ns for m in run.matches}
         missed = sorted(by_ts[ts].label for ts in expected - fired)
         false_alarms = sorted(by_ts[ts].label if ts in by_ts else str(ts) for ts in fired - expected)
@@ -231,7 +236,7 @@ def test_plugin_refuses_a_bad_table_at_start(engine: SysdigModern, library: Path
     bad = tmp_path / "bad.table"
     bad.write_bytes(table_bytes(built)[:-7])
     with pytest.raises(TorSetsError, match="bad table .*size mismatch"):
-        replay(capture, "tor.is_relay = true", plugin=PluginSpec(library, bad), engine=engine)
+        engine.filter(capture, "tor.is_relay = true", plugins=[engine_plugin(library, bad, check_interval_s=5)])
 
 
 def _make_fifo(path: Path) -> None:

@@ -24,7 +24,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_list_prints_a_table_on_stdout(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(setup, "status", lambda: STATUS)
+    monkeypatch.setattr(setup, "engine_status", lambda: STATUS)
     args = parse(["engines", "list"])
     assert args.func(args) == 0
     out, err = capsys.readouterr()
@@ -36,7 +36,7 @@ def test_list_prints_a_table_on_stdout(monkeypatch: pytest.MonkeyPatch, capsys: 
 
 
 def test_list_json_is_one_sorted_document(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(setup, "status", lambda: STATUS)
+    monkeypatch.setattr(setup, "engine_status", lambda: STATUS)
     args = parse(["engines", "list", "--json"])
     assert args.func(args) == 0
     out = capsys.readouterr().out

@@ -1,15 +1,16 @@
 """The capture writer and reader against real libsinsp engines: Debian's sysdig 0.29.3 (2022 libs) and sysdig
 0.41.4 (libs 0.23, the line current Falco uses) in a Debian sid root folder.
 
-These tests find the two engines themselves (the engine module is not used here) and skip with a reason when one
-is missing. Events are matched by timestamp, never by ``evt.num``, which differs between the two builds.
+The engines come from the shared helper (tests/support/engines.py: the engine, or a skip naming what is missing),
+but sysdig is run directly with ``-j -p``, not through the engine module's chisel, so that the capture is checked
+by sysdig's own output. Events are matched by timestamp, never by ``evt.num``, which differs between the two
+builds.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -20,13 +21,16 @@ from typing import Any
 
 import pytest
 
-from tor_sets.scap import Connection, ConnectionKind, Interface, Process, connections, read_events, write_capture
+from tests.conftest import DATA
+from tests.support.engines import engine_or_skip
+from tests.support.scap_reader import connections, read_events
+from tor_sets.engines import SysdigLegacy, SysdigModern
+from tor_sets.engines.sysdig import SYSDIG_INSIDE
+from tor_sets.verify.capture import Connection, ConnectionKind, Interface, Process, write_capture
 
 pytestmark = pytest.mark.integration
 
-CAPTURES = Path(__file__).parent.parent / "data" / "captures"
-LEGACY_SYSDIG = Path("/usr/bin/sysdig")
-MODERN_ROOT = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tor-sets/engines/sid-root"
+CAPTURES = DATA / "captures"
 
 FIELDS = (
     "*%evt.rawtime %thread.tid %evt.type %fd.cip %fd.cport %fd.sip %fd.sport %fd.lip %fd.rip %fd.is_server "
@@ -38,19 +42,20 @@ EXIT_TYPES = {23: "connect", 27: "accept", 247: "accept", 57: "accept4", 249: "a
 
 @dataclass(frozen=True)
 class Sysdig:
-    """One sysdig build: ``root`` is the folder it runs chrooted in (the modern build), or None."""
+    """One sysdig build: ``binary`` as run, inside ``root`` (the modern build, run chrooted) or on the host."""
 
     name: str
-    root: Path | None
+    binary: str
+    root: Path | None = None
 
     def run(self, capture: Path, fields: str, condition: str) -> subprocess.CompletedProcess[str]:
         if self.root is None:
-            return _run(["sysdig", "-r", str(capture), "-j", "-p", fields, condition])
+            return _run([self.binary, "-r", str(capture), "-j", "-p", fields, condition])
         stage = Path(tempfile.mkdtemp(prefix="tor-sets-scap-", dir=self.root / "tmp"))
         try:
             shutil.copy(capture, stage / capture.name)
             inside = f"/tmp/{stage.name}/{capture.name}"
-            return _run(["chroot", str(self.root), "sysdig", "-r", inside, "-j", "-p", fields, condition])
+            return _run(["chroot", str(self.root), self.binary, "-r", inside, "-j", "-p", fields, condition])
         finally:
             shutil.rmtree(stage)
 
@@ -69,17 +74,15 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def _legacy() -> Sysdig:
-    if not LEGACY_SYSDIG.exists():
-        pytest.skip(f"legacy sysdig not installed at {LEGACY_SYSDIG} (apt-get install -y sysdig on Debian 12)")
-    return Sysdig("legacy", None)
+    engine = engine_or_skip("sysdig-legacy")
+    assert isinstance(engine, SysdigLegacy)
+    return Sysdig("legacy", str(engine.binary))
 
 
 def _modern() -> Sysdig:
-    if not (MODERN_ROOT / "usr/bin/sysdig").exists():
-        pytest.skip(f"modern sysdig root folder not found at {MODERN_ROOT} (see docs/engines.md)")
-    if os.geteuid() != 0:
-        pytest.skip("running the modern sysdig needs chroot, which needs root")
-    return Sysdig("modern", MODERN_ROOT)
+    engine = engine_or_skip("sysdig-modern")  # the root, root privileges (chroot) and chroot itself
+    assert isinstance(engine, SysdigModern)
+    return Sysdig("modern", SYSDIG_INSIDE, engine.root)
 
 
 @pytest.fixture(params=["legacy", "modern"])

@@ -26,8 +26,8 @@ from tor_sets.engines import Plugin
 from tor_sets.engines.falco import FalcoEngine
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
 from tor_sets.relays import Relay, Snapshot
-from tor_sets.scap import Connection, Process, write_capture
-from tor_sets.scenarios import HOST_V4, INTERFACES, PROCESSES, START_NS
+from tor_sets.verify.capture import Connection, Process, write_capture
+from tor_sets.verify.scenarios import HOST_V4, INTERFACES, PROCESSES, START_NS
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import DATA
 from tests.support.engines import engine_or_skip
 from tor_sets import provision as setup
 from tor_sets.engines import SysdigLegacy, SysdigModern
@@ -24,7 +25,7 @@ from tor_sets.errors import EngineTimeout, EngineUnavailable, RuleError
 
 pytestmark = pytest.mark.integration
 
-CAPTURES = Path(__file__).parent.parent / "data" / "captures"
+CAPTURES = DATA / "captures"
 IPV4 = CAPTURES / "inspect_502Error.scap"
 IPV6 = CAPTURES / "libs_single_ipv6_conn.scap"
 

@@ -1,19 +1,25 @@
-"""What a Tor list costs a Falco engine: rule size, load time, memory and per-event cost, per encoding.
+"""What a Tor list costs an engine: rule size, load time, memory and per-event cost, per encoding; the one benchmark.
 
-Exports :class:`Encoding`, :func:`encodings`, :class:`Measurement`, :class:`BenchResult`, :func:`bench_capture`,
-:func:`run_bench` and :func:`write_report`.
+Exports :class:`Encoding`, :func:`encodings`, :func:`bench_capture`, :func:`rules_condition`, :func:`run_bench`
+(every encoding on the sysdig engines → :class:`BenchReport` of :class:`EncodingCost`) and :func:`falco_cost` (real
+Falco: no Tor rule, the list rules, and the plugin rules with the plugin loaded → :class:`FalcoCost`). The report
+(table, JSON, docs/benchmarks.md and plots) is :mod:`tor_sets.verify.bench_report`'s job.
 
 Every encoding covers the same relays (entry + exit, IPv4 + IPv6, inbound + outbound rules); they differ only in
 how addresses are written: the 2022 tool's literal files, everything as networks, the hybrid split at several
 expansion thresholds, and opt-in lossy aggregation (whose added addresses are reported as false positives).
 
-How cost is measured: a sysdig engine replays one generated capture (connects and accepts, a share of them to and
-from Tor relays) with a filter equal to the rules' conditions OR-ed together (Falco evaluates every rule whose event
-types match each event; the OR is the same work, short-circuited the same way). The same capture is replayed with a
-filter that touches no address (``evt.num = 0``): the replay with no Tor rule. The cost of a replay is the engine
-process's CPU time (user + system), steadier than wall time on a shared machine. Every encoding run is paired with
-a no-rule run just before it and the median of the pairs' ratios is reported, which cancels slow drifts of the
-machine; encodings are interleaved round-robin. Load time is the engine compiling the filter without replaying anything.
+How cost is measured on the sysdig engines: a sysdig engine replays one generated capture (connects and accepts, a
+share of them to and from Tor relays) with a filter equal to the rules' conditions OR-ed together
+(:func:`rules_condition`). The same capture is replayed with a filter that touches no address (``evt.num = 0``):
+the replay with no Tor rule. The cost of a replay is the engine process's CPU time (user + system), steadier than
+wall time on a shared machine. Every encoding run is paired with a no-rule run just before it and the median of the
+pairs' ratios is reported, which cancels slow drifts of the machine; encodings are interleaved round-robin. Load
+time is the engine compiling the filter without replaying anything. When valgrind is in the engine's root,
+callgrind's instruction counts give the same comparison deterministically.
+
+On real Falco (:func:`falco_cost`), the rules files are loaded as they are (Falco indexes rules by event type), and
+the per-event cost is the difference between replays of two captures of different length.
 """
 
 from __future__ import annotations
@@ -27,35 +33,35 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from tor_sets import __version__
 from tor_sets.build import BuildOptions, build
 from tor_sets.engines import Engine, FalcoLocal, Plugin
 from tor_sets.engines.base import run_process
-from tor_sets.errors import EngineUnavailable
+from tor_sets.errors import EngineUnavailable, RuleError
 from tor_sets.falco.generate import RulesOptions
 from tor_sets.falco.legacy2022 import render_2022
 from tor_sets.falco.load import load_rules
 from tor_sets.onionoo import address_problem
 from tor_sets.relays import IPAddress, RelaySets, Snapshot, classify
-from tor_sets.scap import Connection, write_capture
-from tor_sets.scenarios import HOST_V4, HOST_V6, INTERFACES, PROCESSES, START_NS
+from tor_sets.verify.capture import Connection, write_capture
+from tor_sets.verify.scenarios import HOST_V4, HOST_V6, INTERFACES, PROCESSES, START_NS
 
 __all__ = [
     "BASELINE_CONDITION",
-    "BenchResult",
+    "BenchReport",
     "Encoding",
-    "Measurement",
+    "EncodingCost",
+    "FalcoCost",
     "bench_capture",
     "encodings",
+    "falco_cost",
+    "rules_condition",
     "run_bench",
-    "write_report",
 ]
 
 BASELINE_CONDITION = "evt.num = 0"
-SCHEMA = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +111,7 @@ def encodings(thresholds: Sequence[int] = (2, 8, 16, 32, 64), lossy_budgets: Seq
 
 
 @dataclass(frozen=True, slots=True)
-class Measurement:
+class EncodingCost:
     """One encoding on one engine."""
 
     encoding: str
@@ -131,7 +137,7 @@ class Measurement:
 
 
 @dataclass(frozen=True, slots=True)
-class FalcoVariant:
+class FalcoCost:
     """One way of loading the Tor rules into real Falco, measured on the same two captures.
 
     Attributes:
@@ -159,8 +165,8 @@ class FalcoVariant:
 
 
 @dataclass(frozen=True, slots=True)
-class BenchResult:
-    measurements: tuple[Measurement, ...]
+class BenchReport:
+    measurements: tuple[EncodingCost, ...]
     baseline: dict[str, float]  # engine → median replay seconds with no Tor rule
     events: int
     connections: int
@@ -174,7 +180,7 @@ class BenchResult:
     counted_events: int = 0  # events of the capture replayed under callgrind (0: not counted)
     extra: dict[str, object] = field(default_factory=dict)
     #: real Falco: the Tor rules (lists, plugin) against no Tor rule, and the two capture sizes (events)
-    falco: tuple[FalcoVariant, ...] = ()
+    falco: tuple[FalcoCost, ...] = ()
     falco_version: str = ""
     falco_events: tuple[int, int] = (0, 0)
 
@@ -231,9 +237,25 @@ def bench_capture(
     return events, hits
 
 
-def _condition(texts: Sequence[str]) -> str:
-    rules = load_rules(*texts)
-    parts = [f"({r.expanded})" for r in rules.rules.values() if r.enabled]
+def rules_condition(*texts: str) -> str:
+    """One filter equal to "some rule of these rules texts fires": each enabled rule's expanded condition, OR-ed.
+
+    A sysdig engine evaluates it as Falco evaluates the rules on each event (every rule whose event types match;
+    the OR short-circuits the same way), which is what the benchmark replays.
+
+    Raises:
+        RuleError: the texts do not load, a condition cannot be fully expanded, or there is no enabled rule.
+    """
+    ruleset = load_rules(*texts)
+    parts = []
+    for rule in ruleset.rules.values():
+        if not rule.enabled:
+            continue
+        if not rule.complete:
+            raise RuleError(f"rule {rule.name!r}: cannot expand {', '.join(rule.unresolved)}")
+        parts.append(f"({rule.expanded})")
+    if not parts:
+        raise RuleError("the rules text has no enabled rule")
     return " or ".join(parts)
 
 
@@ -251,7 +273,7 @@ def _fp(texts: Sequence[str], sets: RelaySets) -> int:
     return covered
 
 
-def build_cost(python: str = sys.executable) -> tuple[float, float]:
+def _build_cost(python: str = sys.executable) -> tuple[float, float]:
     """Seconds (median of 3 new processes) and peak MB of ``build()`` on the bundled snapshot (read, parse,
     classify, render)."""
     code = (
@@ -286,7 +308,7 @@ def run_bench(
     count_connections: int = 0,
     command: str = "",
     progress: Callable[[str], None] = lambda _msg: None,
-) -> BenchResult:
+) -> BenchReport:
     """Measure every encoding on every engine.
 
     Args:
@@ -297,7 +319,7 @@ def run_bench(
     """
     sets = classify(snapshot)
     chosen = list(chosen or encodings())
-    measurements: list[Measurement] = []
+    measurements: list[EncodingCost] = []
     baselines: dict[str, float] = {}
     versions: dict[str, str] = {}
     events_total = 0
@@ -306,7 +328,7 @@ def run_bench(
     for engine in engines:
         legacy = engine.name == "sysdig-legacy"
         texts = {e.name: e.texts(snapshot, sets, legacy=legacy) for e in chosen}
-        conditions = {name: _condition(t) for name, t in texts.items()}
+        conditions = {name: rules_condition(*t) for name, t in texts.items()}
         versions[engine.name] = engine.version()
         size = connections_for(engine) if connections_for else connections
         capture = workdir / f"bench-{size}.scap"
@@ -352,7 +374,7 @@ def run_bench(
             nets = sum(1 for v in rules.lists.values() for i in v if "/" in i)
             median = statistics.median(runs[enc.name])
             measurements.append(
-                Measurement(
+                EncodingCost(
                     encoding=enc.name,
                     description=enc.description,
                     engine=engine.name,
@@ -374,8 +396,8 @@ def run_bench(
                     relative_instructions=counts[enc.name][0] / counts["baseline"][0] if counts else None,
                 )
             )
-    build_s, build_mb = build_cost()
-    return BenchResult(
+    build_s, build_mb = _build_cost()
+    return BenchReport(
         measurements=tuple(measurements),
         baseline=baselines,
         events=events_total,
@@ -410,7 +432,7 @@ def falco_cost(
     repetitions: int = 3,
     plugin_library: Path | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
-) -> tuple[tuple[int, int], tuple[FalcoVariant, ...]]:
+) -> tuple[tuple[int, int], tuple[FalcoCost, ...]]:
     """Per-event cost of the Tor rules in real Falco, as Falco evaluates them: rules indexed by event type.
 
     Falco's start-up (loading thousands of list items) dwarfs a short replay, so the per-event cost is the
@@ -470,12 +492,12 @@ def falco_cost(
         ),
     ]
     if plugin_library is not None:
-        from tor_sets.plugin.rules import plugin_rules_text
+        from tor_sets.plugin.rules import engine_plugin, plugin_rules_text
         from tor_sets.plugin.table import encode, make_table
 
         table = folder / "tor.table"
         table.write_bytes(encode(make_table(sets, snapshot.relays, published=snapshot.relays_published)))
-        plugin = Plugin("torsets", plugin_library, {"table": str(table)}, files=("table",))
+        plugin = engine_plugin(plugin_library, table)
         variants.append(
             ("plugin", "the plugin rules, plugin loaded", files("plugin", [plugin_rules_text(default)]), [plugin])
         )
@@ -511,7 +533,7 @@ def falco_cost(
         )
     base = measured[0]
     return (captures[0][1], captures[1][1]), tuple(
-        FalcoVariant(
+        FalcoCost(
             name=m[0],
             description=m[1],
             rules_bytes=m[2],
@@ -586,260 +608,3 @@ def _machine() -> dict[str, str]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _cost(m: Measurement) -> float:
-    """The cost used to decide: instructions when counted (deterministic), else CPU time."""
-    return m.relative_instructions if m.relative_instructions is not None else m.relative
-
-
-def table(result: BenchResult) -> str:
-    """A table for people."""
-    lines = []
-    for engine, base in result.baseline.items():
-        lines.append(f"{engine} {result.engine_versions[engine]}: replay with no Tor rule {base:.3f} s (median)")
-        header = (
-            f"  {'encoding':<16} {'bytes':>8} {'items':>6} {'nets':>5} {'load s':>7} {'RSS MB':>7} "
-            f"{'CPU s':>6} {'x no-rule':>9} {'instr/ev':>9} {'x no-rule':>9} {'FP addr':>7}"
-        )
-        lines.append(header)
-        for m in result.measurements:
-            if m.engine != engine:
-                continue
-            lines.append(
-                f"  {m.encoding:<16} {m.rules_bytes:>8} {m.list_items:>6} {m.networks:>5} {m.load_s:>7.3f} "
-                f"{m.max_rss_kb / 1024:>7.1f} {m.replay_s:>6.3f} {m.relative:>9.2f} "
-                f"{_fmt(m.instructions_per_event, '.0f'):>9} {_fmt(m.relative_instructions, '.3f'):>9} "
-                f"{m.false_positive_addresses:>7}"
-            )
-    lines.append(f"build (bundled snapshot): {result.build_s:.3f} s, peak {result.build_peak_mb:.0f} MB")
-    return "\n".join(lines) + "\n"
-
-
-def to_json(result: BenchResult) -> dict[str, object]:
-    doc = asdict(result)
-    doc["schema"] = SCHEMA
-    doc["tor_sets_version"] = __version__
-    return doc
-
-
-def plot(result: BenchResult, path: Path, engine: str) -> None:
-    """Rules bytes against per-event cost (relative to no Tor rule), one point per encoding."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [m for m in result.measurements if m.engine == engine]
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for m in points:
-        ax.scatter(m.rules_bytes / 1000, m.relative, s=40)
-        ax.annotate(
-            m.encoding, (m.rules_bytes / 1000, m.relative), textcoords="offset points", xytext=(5, 4), fontsize=8
-        )
-    ax.set_xlabel("rules size (kB)")
-    counted = any(m.relative_instructions is not None for m in points)
-    ax.set_ylabel("instructions per event / no Tor rule" if counted else "replay CPU time / replay with no Tor rule")
-    ax.set_title(f"Tor rules on {engine} {result.engine_versions[engine]}: size against per-event cost")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
-
-
-def plot_falco(result: BenchResult, path: Path) -> None:
-    """Real Falco: per-event instructions and start-up instructions of each variant, relative to no Tor rule."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    variants = result.falco
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5), dpi=110)
-    names = [v.name for v in variants]
-    left.barh(names, [v.relative_instructions for v in variants], color="tab:blue")
-    left.axvline(1.0, color="grey", linewidth=0.8)
-    left.set_xlabel("instructions per event / no Tor rule")
-    left.invert_yaxis()
-    for index, v in enumerate(variants):
-        left.annotate(
-            f"{v.relative_instructions:.3f}",
-            (v.relative_instructions, index),
-            xytext=(3, -3),
-            textcoords="offset points",
-            fontsize=8,
-        )
-    right.barh(names, [v.startup_instructions / 1e6 for v in variants], color="tab:orange")
-    right.set_xlabel("start-up and rules loading (million instructions)")
-    right.invert_yaxis()
-    right.set_yticks(range(len(names)), [""] * len(names))
-    fig.suptitle(f"Tor rules in real Falco {result.falco_version} (callgrind instruction counts)")
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
-
-
-def write_report(result: BenchResult, out_dir: Path, *, default: str) -> list[Path]:
-    """docs/benchmarks.md, benchmarks.json and a PNG plot per engine (and for real Falco) in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    json_path = out_dir / "benchmarks.json"
-    json_path.write_text(json.dumps(to_json(result), indent=2, sort_keys=True) + "\n")
-    written.append(json_path)
-    for engine in result.baseline:
-        png = out_dir / f"benchmarks-{engine}.png"
-        plot(result, png, engine)
-        written.append(png)
-    if result.falco:
-        png = out_dir / "benchmarks-falco.png"
-        plot_falco(result, png)
-        written.append(png)
-    md = out_dir / "benchmarks.md"
-    md.write_text(_markdown(result, default))
-    written.append(md)
-    return written
-
-
-def _markdown(result: BenchResult, default: str) -> str:
-    by = {(m.engine, m.encoding): m for m in result.measurements}
-    modern = "sysdig-modern" if "sysdig-modern" in result.baseline else next(iter(result.baseline), "")
-    lit = by.get((modern, "literal-2022"))
-    best = by.get((modern, "addresses-only"))
-    chosen = by.get((modern, default))
-    lines = [
-        "# Benchmarks: what the Tor rules cost an engine",
-        "",
-        "Generated by `tor-sets bench`; do not edit by hand. Reproduce with:",
-        "",
-        f"    {result.command}",
-        "",
-        f"Machine: {result.machine.get('cpu')}, {result.machine.get('cores')} cores, {result.machine.get('memory')}, "
-        f"Linux {result.machine.get('kernel')}, Python {result.machine.get('python')}.",
-        "Engines: " + ", ".join(f"{k} {v}" for k, v in result.engine_versions.items()) + ".",
-        f"Capture: {result.connections} connects and accepts ({result.events} events), "
-        f"{result.tor_connections} of them to or from Tor relays, IPv4 and IPv6; median of "
-        f"{result.repetitions} interleaved runs."
-        + (
-            f" Instructions counted on a capture of {result.counted_events} events of the same mix."
-            if result.counted_events
-            else ""
-        ),
-        "",
-    ]
-    if lit and best and chosen:
-        lines += [
-            "## Headline (modern engine)",
-            "",
-            f"- Default encoding `{default}`: **{chosen.rules_bytes:,} bytes** = "
-            f"{chosen.rules_bytes / lit.rules_bytes:.2f}x the 2022 tool's {lit.rules_bytes:,} bytes.",
-            f"- Per-event cost: {_cost(chosen):.3f}x the replay with no Tor rule; "
-            f"{_cost(chosen) / _cost(best):.3f}x the all-addresses-hashed encoding "
-            f"({_cost(best):.3f}x no rule); the 2022 tool's files: {_cost(lit):.3f}x no rule "
-            + (
-                "(instructions counted by callgrind)."
-                if chosen.relative_instructions is not None
-                else "(CPU time, median of pairs)."
-            ),
-            f"- Build of the bundled snapshot (parse, classify, compact, render): {result.build_s:.3f} s, "
-            f"peak {result.build_peak_mb:.0f} MB.",
-            "",
-        ]
-    if lit and best:
-        lines += [
-            "## Choosing the default",
-            "",
-            "Targets on the modern engine: rules bytes <= 0.6x the 2022 tool's files, per-event cost <= 1.05x the",
-            "encoding that puts every address in hash-set address lists (the fastest complete encoding), and no",
-            "loss of evaluation speed against the 2022 tool's files (which do less: they skip accept4). Cost here",
-            "is the engine's instructions per replayed event (valgrind's callgrind: the same count to within 0.1 %",
-            "on every run, whatever else the machine does) when counted, else the CPU-time ratio.",
-            "",
-            "| encoding | bytes / 2022 tool | cost / all-addresses | cost / 2022 tool | meets all three |",
-            "|---|---:|---:|---:|---|",
-        ]
-        for m in result.measurements:
-            if m.engine != modern or m.encoding == "literal-2022":
-                continue
-            size = m.rules_bytes / lit.rules_bytes
-            cost = _cost(m) / _cost(best)
-            against_2022 = _cost(m) / _cost(lit)
-            ok = size <= 0.6 and cost <= 1.05 and against_2022 <= 1.0 and m.false_positive_addresses == 0
-            lines.append(f"| `{m.encoding}` | {size:.3f} | {cost:.3f} | {against_2022:.3f} | {'yes' if ok else 'no'} |")
-        lines += [
-            "",
-            "Why: current libsinsp answers `fd.sip in (...)` with one hash lookup whatever the list's length, but",
-            "scans `fd.snet in (...)` entry by entry for every event, so each network kept costs every connect and",
-            "accept a mask comparison. Exact collapsing removes few entries (relay addresses are mostly isolated;",
-            "the widest exact blocks are a handful of exit farms), so keeping only the networks that replace many",
-            "addresses gets almost all the size benefit while the scan stays a few entries long. Networks of fewer",
-            f"addresses than the threshold are written as addresses; the default, `{default}`, is the smallest file",
-            "that meets all three targets in the figures above. Everything-as-networks is the smallest exact",
-            "file and by far the slowest; lossy aggregation is smaller still but alerts on addresses that are no",
-            "relay, so it stays opt-in.",
-            "",
-            "Noise: this is a shared 2-vCPU virtual machine. CPU times (the min-max columns below) spread by tens",
-            "of per cent between runs of one encoding, which is why the decision rests on instruction counts.",
-            "",
-        ]
-    if result.falco:
-        by_name = {v.name: v for v in result.falco}
-        lists, plugin = by_name.get("lists"), by_name.get("plugin")
-        lines += [
-            f"## Real Falco {result.falco_version}",
-            "",
-            "Falco evaluates only the rules indexed under an event's type, and its start-up (loading and compiling",
-            "thousands of list items) dwarfs a short replay. So each variant replays two captures of connects and",
-            f"accepts to random public addresses, none of them Tor ({result.falco_events[0]:,} and "
-            f"{result.falco_events[1]:,} events), and the per-event cost is the difference between the two, over",
-            "the extra events: callgrind's instruction count (valgrind, the decisive figure: the same on every run)",
-            "and the CPU time of the same replays (median; a second view, noisy on a shared machine). Start-up is the",
-            "count on the short capture minus its events' share.",
-            "",
-        ]
-        if lists and plugin:
-            lines += [
-                f"- The list rules cost {lists.relative_instructions:.3f}x the per-event instructions of a Falco with"
-                f" no Tor rule; the plugin rules {plugin.relative_instructions:.3f}x.",
-                f"- Loading the list rules takes {lists.startup_instructions / 1e6:,.0f} million instructions at"
-                f" start-up (and at each rules reload); the plugin rules {plugin.startup_instructions / 1e6:,.0f}"
-                " million, with their table read by the plugin, which reloads it without a rules reload.",
-                "",
-            ]
-        lines += [
-            "| variant | what | rules bytes | instructions / event | x no Tor rule | start-up instructions | "
-            "CPU µs / event | x no Tor rule (CPU) | peak RSS MB | alerts |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for v in result.falco:
-            lines.append(
-                f"| `{v.name}` | {v.description} | {v.rules_bytes:,} | {v.instructions_per_event:,.0f} | "
-                f"{v.relative_instructions:.3f} | {v.startup_instructions:,} | {v.cpu_per_event_us:.2f} | "
-                f"{v.relative_cpu:.2f} | {v.max_rss_kb / 1024:.1f} | {v.alerts} |"
-            )
-        lines += ["", "![real Falco](benchmarks-falco.png)", ""]
-    for engine, base in result.baseline.items():
-        lines += [
-            f"## {engine} {result.engine_versions[engine]}",
-            "",
-            f"Replay with no Tor rule: {base:.3f} s.",
-            "",
-            "| encoding | what | rules bytes | list items | networks | load s | peak RSS MB | replay CPU s | "
-            "x no rule | x no rule, min-max | instructions / event | x no rule (instructions) | "
-            "false-positive addresses |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for m in result.measurements:
-            if m.engine == engine:
-                lines.append(
-                    f"| `{m.encoding}` | {m.description} | {m.rules_bytes:,} | {m.list_items:,} | {m.networks:,} | "
-                    f"{m.load_s:.3f} | {m.max_rss_kb / 1024:.1f} | {m.replay_s:.3f} | {m.relative:.2f} | "
-                    f"{min(m.ratios, default=m.relative):.2f}-{max(m.ratios, default=m.relative):.2f} | "
-                    f"{_fmt(m.instructions_per_event, ',.0f')} | {_fmt(m.relative_instructions, '.3f')} | "
-                    f"{m.false_positive_addresses:,} |"
-                )
-        lines += ["", f"![size against cost](benchmarks-{engine}.png)", ""]
-    return "\n".join(lines) + "\n"

@@ -1,9 +1,13 @@
 """Replay labelled connections through real engines and say which rule fired for what.
 
-Exports :class:`RuleVerdict`, :class:`Verdict`, :func:`rule_expectation`, :func:`judge` (pure: what each rule
-matched in, verdicts out) and :func:`verify` (a scenario, rules files and an engine in, a :class:`Verdict` value
-out: ``.ok``, and for every rule the expected, fired, missed and false-alarm connections). A failed verification
-is a value, not an exception; engine failures raise.
+Exports :class:`RuleVerdict`, :class:`Verdict`, :func:`rule_expectation`, :func:`outbound_role`, :func:`judge`
+(pure: what each rule matched in, verdicts out), :func:`verify` (a scenario, rules files and an engine in, a
+:class:`Verdict` value out: ``.ok``, and for every rule the expected, fired, missed and false-alarm connections),
+:func:`disagreements` (two engines' replays compared event by event) and :func:`format_verdicts` (a table for
+people). A failed verification is a value, not an exception; engine failures raise.
+
+Validating a rules text before it is written (``tor-sets build --validate``, ``tor-sets refresh``) is the same
+seam without a capture: :func:`pick_validator` chooses the engine, :func:`validate_text` asks it.
 
 Every engine takes the rules files through one seam (:meth:`tor_sets.engines.Engine.replay`): real Falco runs
 them as they are, with ``rule_matching: all``; the sysdig engines expand each rule themselves. Matches are tied
@@ -27,13 +31,15 @@ from tor_sets.falco.generate import OUTBOUND_RELAY_RULE
 from tor_sets.falco.load import LoadedRule, RuleSet, load_rules
 from tor_sets.falco.model import Profile
 from tor_sets.relays import Role
-from tor_sets.scenarios import Expectation, Scenario, write_scenario
+from tor_sets.verify.scenarios import Expectation, Scenario, write_scenario
 
 __all__ = [
     "RuleVerdict",
     "Verdict",
     "disagreements",
+    "format_verdicts",
     "judge",
+    "outbound_role",
     "pick_validator",
     "rule_expectation",
     "validate_text",
@@ -200,7 +206,7 @@ def verify(
             ``rule_matching="first"`` a rule of theirs that matches an event first takes it from ours, which the
             verdict then reports as missed.
         rule_matching: Falco's ``rule_matching`` (``all``, or ``first``, Falco's default).
-        scenario: labelled connections (:func:`tor_sets.scenarios.make_scenario`).
+        scenario: labelled connections (:func:`tor_sets.verify.scenarios.make_scenario`).
         engine: a real engine (:mod:`tor_sets.engines`).
         workdir: where to write the capture (``scenario.scap``, kept); a temporary folder by default.
         timeout: seconds before an engine process is killed.
@@ -321,7 +327,7 @@ def validate_text(text: str, engine: Engine, *, plugins: Sequence[Plugin] = ()) 
     return verdict
 
 
-def format_table(verdicts: Sequence[Verdict]) -> str:
+def format_verdicts(verdicts: Sequence[Verdict]) -> str:
     """A table for people: one row per engine and rule, then the first missed connections."""
     header = f"{'engine':<21} {'rule':<54} {'expected':>8} {'fired':>6} {'missed':>6} {'false':>6}  result"
     lines = [header, "-" * len(header)]

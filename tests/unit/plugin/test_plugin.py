@@ -18,13 +18,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import REPO
 from tor_sets.build import BuildOptions, build
 from tor_sets.cli import main
-from tor_sets.errors import SanityError, TorSetsError
+from tor_sets.errors import SanityError, TorSetsError, UsageError
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RELAY_RULE, OUTBOUND_RULE, RulesOptions
 from tor_sets.falco.load import load_rules
-from tor_sets.plugin import falco_config, plugin_rules_text, rule_families, source_bytes, table_bytes
-from tor_sets.plugin.replay import init_config, rules_condition
+from tor_sets.plugin import engine_plugin, falco_config, plugin_rules_text, rule_families, source_bytes, table_bytes
 from tor_sets.plugin.rules import (
     DEFAULT_CONFIG_NAME,
     EVENT_SCHEMA_VERSION,
@@ -54,7 +54,6 @@ from tor_sets.plugin.table import (
 from tor_sets.relays import Relay, RelaySets, Role, Snapshot
 
 ip = ipaddress.ip_address
-REPO = Path(__file__).parent.parent.parent
 
 
 def relay(fp: str, nick: str, *addresses: str, flags: str = "", exits: tuple[str, ...] = ()) -> Relay:
@@ -350,11 +349,6 @@ def test_plugin_rules_print_each_field_once(bundled: Snapshot) -> None:
         assert {f for f in fields if f.startswith("tor.")} == {"tor.remote_role", "tor.fingerprint", "tor.nickname"}
 
 
-def test_rules_condition_or_s_every_rule(bundled: Snapshot) -> None:
-    condition = rules_condition(plugin_rules_text(build(bundled)))
-    assert condition.count("tor.") == 2 and " or " in condition
-
-
 def test_falco_config() -> None:
     """A config.d drop-in: only torsets in load_plugins (Falco appends it to the container drop-in's list)."""
     document = yaml.safe_load(falco_config(library="/opt/libtorsets.so", table="/t", check_interval_s=0.5))
@@ -368,9 +362,18 @@ def test_falco_config() -> None:
             }
         ],
     }
-    assert json.loads(init_config("/t", 2)) == {"table": "/t", "check_interval_s": 2}
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="check_interval_s must not be negative"):
         falco_config(check_interval_s=-1)
+
+
+def test_engine_plugin_is_what_a_replay_loads() -> None:
+    """The plugin as an engine stages it: the table is a file the engine copies where it can read it."""
+    plugin = engine_plugin(Path("/opt/libtorsets.so"), Path("/t"), check_interval_s=2)
+    assert (plugin.name, plugin.library, plugin.files) == (PLUGIN_NAME, Path("/opt/libtorsets.so"), ("table",))
+    assert json.dumps(dict(plugin.init_config)) == '{"table": "/t", "check_interval_s": 2}'
+    assert dict(engine_plugin(Path("lib.so"), Path("/t")).init_config) == {"table": "/t"}  # the plugin's default
+    with pytest.raises(UsageError, match="check_interval_s must not be negative"):
+        engine_plugin(Path("lib.so"), Path("/t"), check_interval_s=-0.5)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -55,8 +55,8 @@ def test_bench_runs_end_to_end_on_a_tiny_capture(tmp_path, capsys):
 
 def test_instruction_counts_are_repeatable_and_see_network_scans(bundled, tmp_path):
     engine = engine_or_skip("sysdig-modern")
-    from tor_sets.bench import bench_capture, encodings, run_bench
     from tor_sets.relays import classify
+    from tor_sets.verify.bench import bench_capture, encodings, run_bench
 
     capture = tmp_path / "small.scap"
     bench_capture(classify(bundled), capture, connections=300)
@@ -96,9 +96,9 @@ def test_real_falco_cost_on_tiny_captures(tmp_path, capsys):
 
 
 def test_falco_instruction_counts_are_repeatable(bundled, tmp_path):
-    from tor_sets.bench import bench_capture
     from tor_sets.build import build
     from tor_sets.relays import classify
+    from tor_sets.verify.bench import bench_capture
 
     engine = engine_or_skip("falco-local")
     capture = tmp_path / "c.scap"
