@@ -43,9 +43,11 @@ def test_service_runs_one_refresh_that_parses():
     assert argv[0] == "/opt/tor-sets/bin/tor-sets" and argv[1] == "refresh"
     _parses(argv[1:])
     assert "/etc/falco/rules.d" in service["ReadWritePaths"][0]
-    # state and lock outside the rules folder (Falco < 0.41 loads every file there)
-    for flag in ("--state", "--lock"):
-        assert not argv[argv.index(flag) + 1].startswith("/etc/falco/rules.d")
+    # state and lock outside the rules folder (Falco < 0.41 loads every file there): the default state folder, which
+    # systemd makes (StateDirectory) and the unit names
+    assert "--state" not in argv and "--lock" not in argv
+    assert service["StateDirectory"] == ["tor-sets"]
+    assert "TOR_SETS_STATE_DIR=/var/lib/tor-sets" in service["Environment"][0].split()
 
 
 def test_timer_fires_every_30_minutes_with_a_random_delay():
