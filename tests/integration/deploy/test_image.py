@@ -168,18 +168,24 @@ def container() -> Iterator[list[str]]:
         subprocess.run([_docker.docker_cli(), "rm", "-f", name], capture_output=True, check=False)
 
 
-def test_image_runs_as_non_root_and_writes_the_rules(image, rules_d):
+def test_image_runs_as_non_root_and_writes_the_rules(image, rules_d, tmp_path):
     config = docker("image", "inspect", "--format", "{{.Config.User}} {{json .Config.Cmd}}", image).stdout.strip()
     assert config == f'{UID}:{UID} ["refresh","--every","30m","-o","/rules/tor_rules.yaml"]'
-    mount = ["-v", f"{rules_d}:/rules"]
+    state_d = tmp_path / "state"  # a volume for the image's TOR_SETS_STATE_DIR, so that state outlives a container
+    state_d.mkdir()
+    os.chown(state_d, UID, UID)
+    mount = ["-v", f"{rules_d}:/rules", "-v", f"{state_d}:/var/lib/tor-sets"]
     run = docker("run", "--rm", "--network", "none", *mount, image,
                  "refresh", "--allow-fallback", "--offline", "-o", "/rules/tor_rules.yaml")  # fmt: skip
     assert "using the bundled snapshot of 2026-02-28 01:00 UTC" in run.stderr
     rules = rules_d / "tor_rules.yaml"
     assert rules.exists() and "relays_published: 2026-02-28 01:00:00 UTC" in rules.read_text()
-    for path in (rules, rules_d / "tor_rules.yaml.state.json", rules_d / "tor_rules.yaml.lock"):
+    assert sorted(p.name for p in rules_d.iterdir()) == ["tor_rules.yaml"]  # nothing else in the rules folder
+    (state_file,) = state_d.glob("tor_rules.yaml-*.state.json")
+    (lock,) = state_d.glob("tor_rules.yaml-*.lock")
+    for path in (rules, state_file, lock):
         assert (path.stat().st_uid, path.stat().st_gid) == (UID, UID), path
-    state = read_state(rules_d / "tor_rules.yaml.state.json")
+    state = read_state(state_file)
     assert state is not None and state.deployed is not None and state.deployed.validated == "yaml"
     status = docker("run", "--rm", "--network", "none", *mount, image, "status", "/rules/tor_rules.yaml")
     assert "file:          intact" in status.stdout
