@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from tor_sets.build import BuildOptions, Built, build, parse_networks, write_rules
+from tor_sets.cli.progress import download_bar
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
 from tor_sets.deploy.fleet.kubernetes import MANIFEST_FORMATS, render_manifest
 from tor_sets.errors import RuleError, UsageError
@@ -234,6 +235,7 @@ def obtain_from_args(args: argparse.Namespace) -> Obtained:
         cache_dir=args.cache_dir or default_cache_dir(),
         deadline=args.deadline,
         max_relays=args.max_relays,
+        progress=download_bar(),
     )
     obtained = obtain(
         input_path=args.input,

@@ -254,7 +254,6 @@ def refresh_options(args: argparse.Namespace) -> RefreshOptions:
         backoff_factor=args.backoff,
         max_bytes=args.max_bytes,
         cache_dir=args.cache_dir or default_cache_dir(),
-        progress=False,
         deadline=args.deadline,
         max_relays=args.max_relays,
     )

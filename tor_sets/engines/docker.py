@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from tor_sets.engines.base import run_process
+from tor_sets.engines.process import run_process
 from tor_sets.errors import EngineError, EngineUnavailable
 
 __all__ = [

@@ -37,7 +37,6 @@ from tor_sets.engines.base import (
     DEFAULT_FIELDS,
     NA,
     RULE_MATCHING,
-    Completed,
     Engine,
     Match,
     Plugin,
@@ -46,10 +45,10 @@ from tor_sets.engines.base import (
     Validation,
     Workspace,
     place,
-    run_process,
     temporary_workspace,
 )
 from tor_sets.engines.paths import DEFAULT_FALCO_VERSION, FALCO_IMAGE_REPO, FalcoInstall, falco_installed
+from tor_sets.engines.process import Completed, run_process
 from tor_sets.errors import EngineError, EngineUnavailable, RuleError
 from tor_sets.falco.alerts import Alert, parse_alerts
 

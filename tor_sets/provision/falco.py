@@ -41,7 +41,6 @@ from importlib import resources
 from pathlib import Path
 
 from tor_sets.engines import docker as _docker
-from tor_sets.engines.base import run_process
 from tor_sets.engines.paths import (
     DEFAULT_FALCO_VERSION,
     FALCO_IMAGE_REPO,
@@ -51,6 +50,7 @@ from tor_sets.engines.paths import (
     falco_dir,
     falco_installed,
 )
+from tor_sets.engines.process import run_process
 from tor_sets.errors import EngineError, EngineUnavailable
 from tor_sets.provision import steps
 from tor_sets.provision.docker import import_root

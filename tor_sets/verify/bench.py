@@ -38,7 +38,7 @@ from pathlib import Path
 
 from tor_sets.build import BuildOptions, build
 from tor_sets.engines import Engine, FalcoLocal, Plugin
-from tor_sets.engines.base import run_process
+from tor_sets.engines.process import run_process
 from tor_sets.errors import EngineUnavailable, RuleError
 from tor_sets.falco.generate import RulesOptions
 from tor_sets.falco.legacy2022 import render_2022

@@ -18,7 +18,7 @@ import pytest
 from tests.support.onionoo_server import free_port
 from tor_sets.cli import main
 from tor_sets.deploy.refresh.state import state_path
-from tor_sets.engines.base import run_process
+from tor_sets.engines.process import run_process
 from tor_sets.errors import DocumentError, FetchError, FetchTimeout, StaleDataError
 from tor_sets.onionoo import FIELDS, FetchSettings, fetch, obtain
 
@@ -183,7 +183,7 @@ def test_gzip_inside_the_body_is_capped_while_inflating(onionoo_server, bomb, tm
         assert len(gzip.compress(bomb)) < 1000  # the wire carries under 1 kB
     exc = _bounded(lambda: fetch(settings(onionoo_server, tmp_path)))
     assert isinstance(exc, DocumentError), exc
-    assert str(exc) == "the document inflates past the size cap of 67108864 bytes (--max-bytes)"
+    assert str(exc) == "the document inflates past the size cap of 67108864 bytes (max_bytes)"
     assert not (tmp_path / "cache").exists()
 
 
@@ -199,7 +199,7 @@ CHILD = "import sys; from tor_sets.cli import main; sys.exit(main(sys.argv[1:]))
 def _run_child(argv: list[str], code: str = CHILD) -> tuple[int, str, int]:
     """Run ``tor-sets ARGV`` (through ``code``) in a child; return its exit code, stderr and its own peak RSS in kB.
 
-    Started through the engines' small reaper (:func:`tor_sets.engines.base.run_process`): a child forked from this
+    Started through the engines' small reaper (:func:`tor_sets.engines.process.run_process`): a child forked from this
     large test process would be charged this process's memory as its peak.
     """
     done = run_process([sys.executable, "-c", code, *argv], engine="tor-sets", timeout=BOUND_S)

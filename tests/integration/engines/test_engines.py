@@ -20,7 +20,8 @@ from tests.support.engines import engine_or_skip
 from tor_sets import provision as setup
 from tor_sets.engines import SysdigLegacy, SysdigModern
 from tor_sets.engines import docker as _docker
-from tor_sets.engines.base import Engine, Match, Workspace, run_process
+from tor_sets.engines.base import Engine, Match, Workspace
+from tor_sets.engines.process import run_process
 from tor_sets.errors import EngineTimeout, EngineUnavailable, RuleError
 
 pytestmark = pytest.mark.integration

@@ -38,7 +38,8 @@ import pytest
 from tests.support.engines import engine_or_skip
 from tests.support.scap_reader import read_blocks
 from tor_sets.build import Built, build
-from tor_sets.engines.base import run_process, temporary_workspace
+from tor_sets.engines.base import temporary_workspace
+from tor_sets.engines.process import run_process
 from tor_sets.engines.sysdig import SYSDIG_INSIDE, SysdigModern
 from tor_sets.errors import TorSetsError
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE

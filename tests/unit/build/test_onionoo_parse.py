@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from tor_sets import onionoo
 from tor_sets.build import build
 from tor_sets.errors import DocumentError
-from tor_sets.onionoo import _fast_address, parse_address, parse_document, read_snapshot
+from tor_sets.onionoo import parse_address, parse_document, read_snapshot
+from tor_sets.onionoo.document import _fast_address
 from tor_sets.relays import Role, classify
 
 
@@ -252,7 +253,7 @@ def _minimal_relays(n: int) -> str:
 def test_the_relay_ceiling_defaults_to_100000_and_is_checked_while_parsing():
     assert onionoo.MAX_RELAYS == 100_000
     assert len(parse_document(_minimal_relays(1000)).relays) == 1000
-    with pytest.raises(DocumentError, match=r"^the document lists more than 100000 relays \(--max-relays\)$") as caught:
+    with pytest.raises(DocumentError, match=r"^the document lists more than 100000 relays \(max_relays\)$") as caught:
         parse_document(_minimal_relays(100_001))
     assert caught.value.field == "relays"
 
@@ -264,7 +265,7 @@ def test_the_relay_ceiling_defaults_to_100000_and_is_checked_while_parsing():
 )
 def test_the_relay_ceiling_counts_every_entry(relays):
     parse_document(doc(*relays[:10]), max_relays=10)  # at the ceiling: read
-    with pytest.raises(DocumentError, match=r"^the document lists more than 10 relays \(--max-relays\)$"):
+    with pytest.raises(DocumentError, match=r"^the document lists more than 10 relays \(max_relays\)$"):
         parse_document(doc(*relays), max_relays=10)
 
 

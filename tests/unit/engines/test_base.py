@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tor_sets.engines import base
-from tor_sets.engines.base import Match, Run, filter_error, parse_chisel_output, run_process, write_spec
+from tor_sets.engines import sysdig
+from tor_sets.engines.base import Match, Run
+from tor_sets.engines.process import run_process
+from tor_sets.engines.sysdig import filter_error, parse_chisel_output, write_spec
 from tor_sets.errors import EngineError, EngineTimeout, EngineUnavailable, RuleError
 
 FIELDS = ("evt.type", "fd.sip", "proc.name")
@@ -88,7 +90,7 @@ def test_write_spec_rejects_field_names_the_chisel_cannot_split(tmp_path: Path, 
 
 
 def test_chisel_ships_with_the_package() -> None:
-    source = base.chisel_source().decode()
+    source = sysdig.chisel_source().decode()
     assert "chisel.set_filter(condition)" in source
     assert "evt.rawtime.s" in source and "evt.rawtime.ns" in source
 

@@ -13,9 +13,9 @@ import yaml
 
 from tor_sets.engines import docker as _docker
 from tor_sets.engines import falco
-from tor_sets.engines.base import Completed
 from tor_sets.engines.falco import FalcoContainer, FalcoLocal, falco_config, filter_rules, parse_validation
 from tor_sets.engines.paths import FalcoInstall
+from tor_sets.engines.process import Completed
 from tor_sets.errors import EngineError, EngineUnavailable, RuleError
 from tor_sets.falco.alerts import parse_alerts, parse_time
 
