@@ -32,7 +32,7 @@ def settings(server, tmp_path, **kw):
         "retries": 1,
         "backoff_factor": 0.0,
         "read_timeout": 5.0,
-        "progress": False,
+        "progress": None,
     }
     base.update(kw)
     return FetchSettings(**base)
@@ -56,6 +56,17 @@ def test_gzip_body_and_real_verbatim_answer(onionoo_server, data_dir, tmp_path):
     onionoo_server.reset(body=body, gzip=True)
     result = fetch(settings(onionoo_server, tmp_path))
     assert len(result.snapshot.relays) == 10157
+
+
+def test_progress_reports_the_bytes_on_the_wire_then_the_end(onionoo_server, bundled_bytes, tmp_path):
+    onionoo_server.reset(body=bundled_bytes, gzip=True)
+    calls = []
+    fetch(settings(onionoo_server, tmp_path, progress=lambda wire, total, done: calls.append((wire, total, done))))
+    wires = [wire for wire, _, _ in calls]
+    assert len(calls) >= 2 and wires == sorted(wires)
+    assert [done for _, _, done in calls] == [False] * (len(calls) - 1) + [True]
+    final_wire, total, _ = calls[-1]
+    assert total == final_wire and 0 < final_wire < len(bundled_bytes)  # gzip on the wire: fewer bytes than the body
 
 
 def test_304_with_the_cache(onionoo_server, bundled_bytes, tmp_path):
@@ -294,7 +305,7 @@ def test_a_trickling_server_is_cut_at_the_deadline(onionoo_server, bundled_bytes
     assert isinstance(exc, FetchTimeout), exc
     assert re.fullmatch(
         r"gave up fetching http://127\.0\.0\.1:\d+/details\?\S+: no complete answer within the deadline of 3 s "
-        r"\(--deadline\)",
+        r"\(deadline\)",
         str(exc),
     ), exc
 
