@@ -34,7 +34,9 @@ from tor_sets.relays import IPAddress, Role, Snapshot
 
 log = logging.getLogger("tor_sets")
 
-FORMATS = ("falco", *MANIFEST_FORMATS, "plugin-table", "falco-plugin")
+FORMATS = ("falco", *MANIFEST_FORMATS, "plugin-table", "falco-plugin", "2022-files")
+#: writes a folder of files rather than one file
+FOLDER_FORMAT = "2022-files"
 
 
 def parse_duration(text: str) -> timedelta:
@@ -263,15 +265,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument(
         "-o",
         "--output",
-        default="tor_rules.yaml",
         metavar="PATH",
-        help="where to write (default: tor_rules.yaml; '-' for stdout; a device or FIFO is written through)",
+        help="where to write (default: tor_rules.yaml; '-' for stdout; a device or FIFO is written through; "
+        "--format 2022-files: a folder, default tor-2022)",
     )
     parser.add_argument(
         "--format",
         choices=FORMATS,
         default="falco",
-        help="falco rules (default), a Kubernetes ConfigMap, Helm values, the plugin's table, or rules for the plugin",
+        help="falco rules (default), a Kubernetes ConfigMap, Helm values, the plugin's table, rules for the plugin, "
+        "or the 2022 tool's four files from the same relays (a folder, for comparison with tor-sets verify --rules)",
     )
     check = parser.add_argument_group("validation by a real engine, before anything is written")
     check.add_argument(
@@ -354,12 +357,37 @@ def _validate(built: Built, args: argparse.Namespace, snapshot: Snapshot, profil
     log.info("validated by %s %s: Ok%s", engine.name, engine.version(), warnings)
 
 
+def _write_2022_files(built: Built, folder: Path, relays: int) -> int:
+    """``--format 2022-files``: the 2022 tool's four files in ``folder``, each written atomically."""
+    from tor_sets.falco import render_2022
+
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--format 2022-files writes a folder, and {folder} is not one")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = render_2022(built.sets)
+    for name, text in sorted(files.items()):
+        changed = write_rules(folder / name, text, stream=False)
+        log.info("%s %s: %d bytes", "wrote" if changed else "unchanged", folder / name, len(text.encode()))
+    log.info("the 2022 tool's files from the same %d relays, for comparison only", relays)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     options = build_options(args)
     if args.load_plugin and not args.validate:
         raise UsageError("--load-plugin only goes with --validate")
+    if args.format == FOLDER_FORMAT:
+        if args.output == "-":
+            raise UsageError("--format 2022-files writes a folder of four files, not stdout")
+        if args.validate:
+            raise UsageError(
+                "--validate checks this project's rules; verify the 2022 files with tor-sets verify --rules"
+            )
+    args.output = args.output or ("tor-2022" if args.format == FOLDER_FORMAT else "tor_rules.yaml")
     obtained = obtain_from_args(args)
     built = build(obtained.snapshot, options)
+    if args.format == FOLDER_FORMAT:
+        return _write_2022_files(built, Path(args.output), len(obtained.snapshot.relays))
     output = render_format(built, args.format, args, obtained.snapshot)
     if args.validate:
         _validate(built, args, obtained.snapshot, options.rules.profile)

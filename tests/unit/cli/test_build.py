@@ -98,3 +98,23 @@ def test_legacy_and_2022_names(tmp_path):
     assert {"tor_ipv4_entry_nodes", "tor_ipv6_entry_nodes", "tor_ipv4_exit_nodes", "tor_ipv6_exit_nodes"} <= names
     assert not any("required_engine_version" in i for i in items)
     assert not any(":" in v and "/" in v for i in items if "list" in i for v in i["items"])
+
+
+def test_2022_files_are_the_old_tools_four_files_from_the_same_relays(tmp_path, capsys):
+    """``--format 2022-files``: the baseline the docs compare with, one file per role and family, in a folder."""
+    from tor_sets.build import BuildOptions, build
+    from tor_sets.falco import render_2022
+    from tor_sets.onionoo import bundled_snapshot
+
+    folder = tmp_path / "tor-2022"
+    assert main(["build", "--offline", "--format", "2022-files", "-o", str(folder)]) == 0
+    expected = render_2022(build(bundled_snapshot(), BuildOptions()).sets)
+    assert {p.name: p.read_text() for p in folder.iterdir()} == expected
+    for text in expected.values():
+        assert yaml.safe_load(text)  # each file is YAML Falco reads
+    assert "the 2022 tool's files from the same 9491 relays" in capsys.readouterr().err
+    assert main(["build", "--offline", "--format", "2022-files", "-o", "-"]) == 2
+    (tmp_path / "file").write_text("x")
+    assert main(["build", "--offline", "--format", "2022-files", "-o", str(tmp_path / "file")]) == 2
+    assert (tmp_path / "file").read_text() == "x"
+    assert "is not one" in capsys.readouterr().err
