@@ -203,6 +203,26 @@ def test_falcosidekick_payload_is_enriched(index: RelayIndex) -> None:
     assert peer["fields"] == ["fd.cip"] and peer["relays"][0]["roles"] == ["exit", "relay"]
 
 
+@pytest.mark.parametrize(
+    ("connection", "peer_field"),
+    [
+        ("10.0.0.5:40112->198.51.100.1:443", "fd.sip"),
+        ("198.51.100.3:5151->10.0.0.5:443", "fd.cip"),
+        ("2001:db8::5:40112->2001:db8::1:9001", "fd.sip"),  # the port is the last colon-group
+    ],
+)
+def test_without_output_fields_the_connection_in_the_text_is_read(index, connection, peer_field) -> None:
+    """``json_include_output_fields_property: false``: only the output text of this version's rules is there."""
+    alert = {
+        "output": f"12:00:00.000000001: Warning Outbound connection to a Tor entry relay | connection={connection} "
+        "fd_proto=tcp evt_type=connect evt_res=EINPROGRESS user=root process=curl",
+        "priority": "Warning",
+        "rule": OUTBOUND_RULE,
+    }
+    peers = json.loads(Enricher(index).enrich_line(line(alert)).data)["tor"]["peers"]
+    assert [peer["fields"] for peer in peers if peer["relays"]] == [[peer_field]], peers
+
+
 def test_other_lines_pass_byte_for_byte(index: RelayIndex) -> None:
     enricher = Enricher(index)
     raws = [

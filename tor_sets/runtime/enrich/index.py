@@ -31,7 +31,9 @@ __all__ = [
 ADDRESS_FIELDS: tuple[str, ...] = ("fd.sip", "fd.cip", "fd.rip", "fd.lip")
 
 # Fallback when an alert has no output_fields (json_include_output_fields_property: false): the rules' output
-# text carries ``fd_sip=%fd.sip fd_cip=%fd.cip``.
+# text carries ``connection=%fd.cip:%fd.cport->%fd.sip:%fd.sport`` (the port is the last colon-group, so IPv6
+# parses too), and that of earlier versions ``fd_sip=%fd.sip fd_cip=%fd.cip``.
+_OUTPUT_CONNECTION = re.compile(r"(?:^|\s)connection=(\S+?):(?:\d+|<NA>)->(\S+?):(?:\d+|<NA>)(?=\s|$)")
 _OUTPUT_ADDRESS = re.compile(r"(?:^|\s)fd_(sip|cip)=([0-9A-Fa-f:.\[\]%]+)(?=\s|$)")
 
 ROLE_ORDER = (Role.ENTRY, Role.EXIT, Role.RELAY)
@@ -195,13 +197,16 @@ class RelayIndex:
 
 def alert_addresses(doc: Mapping[str, Any]) -> dict[str, str]:
     """The addresses of an alert by field, in :data:`ADDRESS_FIELDS` order and canonical form (see
-    :func:`canonical_address`): from ``output_fields``, or, when none is there, from the ``fd_sip=``/``fd_cip=``
-    words of the output text of tor-sets rules. Values that are no address (``null``, ``<NA>``) are left out.
+    :func:`canonical_address`): from ``output_fields``, or, when none is there, from the output text of tor-sets
+    rules (``connection=CIP:CPORT->SIP:SPORT``, or the ``fd_sip=``/``fd_cip=`` words of earlier versions). Values
+    that are no address (``null``, ``<NA>``) are left out.
 
     >>> alert_addresses({"output_fields": {"fd.cip": "10.0.0.5", "fd.sip": "198.51.100.77", "fd.lip": "<NA>"}})
     {'fd.sip': '198.51.100.77', 'fd.cip': '10.0.0.5'}
     >>> alert_addresses({"output": "Outbound connection | fd_sip=2001:DB8::77 fd_cip=10.0.0.5 process=curl"})
     {'fd.sip': '2001:db8::77', 'fd.cip': '10.0.0.5'}
+    >>> alert_addresses({"output": "Outbound ... | connection=2001:db8::5:40112->2001:db8::77:443 fd_proto=tcp"})
+    {'fd.sip': '2001:db8::77', 'fd.cip': '2001:db8::5'}
     """
     found: dict[str, str] = {}
     fields = doc.get("output_fields")
@@ -215,6 +220,12 @@ def alert_addresses(doc: Mapping[str, Any]) -> dict[str, str]:
     if not found:
         output = doc.get("output")
         if isinstance(output, str):
+            connection = _OUTPUT_CONNECTION.search(output)
+            if connection is not None:
+                for name, text in (("fd.sip", connection[2]), ("fd.cip", connection[1])):
+                    key = canonical_address(text)
+                    if key is not None:
+                        found[name] = key
             for m in _OUTPUT_ADDRESS.finditer(output):
                 key = canonical_address(m[2])
                 if key is not None:

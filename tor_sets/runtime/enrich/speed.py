@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from tor_sets.errors import TorSetsError
 from tor_sets.falco.alerts import alert_json
-from tor_sets.falco.generate import OUTBOUND_RULE
-from tor_sets.relays import IPAddress, Snapshot
+from tor_sets.falco.generate import OUTBOUND_RULE, generate
+from tor_sets.relays import IPAddress, RelaySets, Snapshot
 from tor_sets.runtime.enrich.index import RelayIndex
 from tor_sets.runtime.enrich.stream import Enricher
 
@@ -56,8 +56,9 @@ class EnrichSpeed:
         }
 
 
-#: the output of the alert the measurement enriches (tor-sets' outbound rule, shortened)
-_OUTPUT = "Outbound connection to a Tor entry relay | fd_sip=%fd.sip fd_cip=%fd.cip process=%proc.name"
+#: the output of the alert the measurement enriches: tor-sets' outbound rule's, as the default build writes it
+_DOCUMENTATION = frozenset({ipaddress.ip_address("198.51.100.77")})
+_OUTPUT = generate(RelaySets(entry=_DOCUMENTATION, exit=_DOCUMENTATION)).rules()[OUTBOUND_RULE].output
 _TIME_NS = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 
 
@@ -67,7 +68,18 @@ def _alert_line(address: str) -> bytes:
         rule=OUTBOUND_RULE,
         priority="Warning",
         output=_OUTPUT,
-        values={"fd.sip": address, "fd.cip": "10.0.0.5", "proc.name": "curl"},
+        values={
+            "fd.sip": address,
+            "fd.cip": "10.0.0.5",
+            "fd.cport": "40112",
+            "fd.sport": "443",
+            "fd.l4proto": "tcp",
+            "evt.type": "connect",
+            "evt.res": "EINPROGRESS",
+            "user.name": "root",
+            "proc.name": "curl",
+            "proc.cmdline": "curl https://example.test/",
+        },
         ts_ns=_TIME_NS,
         hostname="bench",
         tags=("tor",),
