@@ -153,7 +153,16 @@ def run(args: argparse.Namespace) -> int:
                 plugin_library=library,
                 progress=lambda msg: log.info("%s", msg),
             )
-            result = replace(result, falco=variants, falco_version=falco.version(), falco_events=events)
+            from tor_sets.provision.falco import install_times
+
+            version = falco.version()
+            result = replace(
+                result,
+                falco=variants,
+                falco_version=version,
+                falco_events=events,
+                falco_install=install_times(version) or {},
+            )
     if args.output:
         for path in write_report(result, args.output, default=f"hybrid-{DEFAULT_EXPAND_BELOW}"):
             log.info("wrote %s", path)

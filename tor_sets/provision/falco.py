@@ -17,7 +17,7 @@ From source (docs/engines.md tells the story; every trap below was met on these 
    libcurl, as in the official image), then ``make falco``, both under
    ``unshare --net`` so that a forgotten download fails loudly instead of hanging.
 5. **runtime root**: the stripped binary, its ``ldd`` closure and loader, the release's ``falco.yaml`` with a
-   drop-in for containers, and a tiny ``setrlimit`` shim for live capture (see :data:`MEMLOCK_SHIM`). About 23 MB.
+   drop-in for containers, and a tiny ``setrlimit`` shim for live capture (see :data:`MEMLOCK_SHIM`). About 43 MB.
 6. **image**: ``docker import`` of the runtime root as ``tor-sets/falco:V`` (labelled with the build key).
 
 Everything is keyed by the sha256 of the three tarballs and :data:`RECIPE`: a warm install checks and returns in
@@ -62,6 +62,7 @@ __all__ = [
     "Sources",
     "find_sources",
     "install",
+    "install_times",
 ]
 
 log = logging.getLogger(__name__)
@@ -595,6 +596,34 @@ def _image(install: FalcoInstall) -> tuple[bool, str]:
     return True, f"imported {install.runtime} as {image}"
 
 
+#: per release, the seconds each install step took when it last did work (a cold install's figures) and the last
+#: install's total (a warm one's): ``ENGINES/falco/V/install-times.json``, read by ``tor-sets bench`` for the docs
+INSTALL_TIMES = "install-times.json"
+
+
+def install_times(version: str) -> dict[str, object] | None:
+    """What :data:`INSTALL_TIMES` holds for ``version``: ``{"steps": {name: {"seconds", "at"}}, "last": {"seconds",
+    "at", "did"}}``, or None when nothing was recorded."""
+    try:
+        times = json.loads((falco_dir(version) / INSTALL_TIMES).read_text())
+    except (OSError, ValueError):
+        return None
+    return times if isinstance(times, dict) else None
+
+
+def _record_times(version: str, done: list[Step], seconds: float) -> None:
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    recorded = install_times(version) or {}
+    steps_done = dict(recorded.get("steps") or {})  # type: ignore[call-overload]
+    steps_done.update({s.name: {"seconds": round(s.seconds, 1), "at": at} for s in done if s.done})
+    last = {"seconds": round(seconds, 1), "at": at, "did": [s.name for s in done if s.done]}
+    path = falco_dir(version) / INSTALL_TIMES
+    try:
+        path.write_text(json.dumps({"steps": steps_done, "last": last}, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:  # a figure for the docs, never a reason to fail an install
+        log.warning("falco: cannot record the install times in %s: %s", path, exc)
+
+
 def install(source: Path | None, *, version: str | None = None, pull: bool = True, image: bool = True) -> list[Step]:
     """Install Falco: reuse what the cache holds, else pull the official image, else build from source.
 
@@ -611,6 +640,7 @@ def install(source: Path | None, *, version: str | None = None, pull: bool = Tru
         EngineUnavailable: no source and nothing installed; root or a tool missing.
         EngineError: a step failed (its message names the step and its log).
     """
+    start = time.monotonic()
     sources = find_sources(source, version) if source is not None else None
     version = sources.version if sources is not None else version
     done: list[Step] = []
@@ -648,8 +678,11 @@ def install(source: Path | None, *, version: str | None = None, pull: bool = Tru
             ):
                 done.append(steps.step("falco", name, action))
     if image:
-        installed = falco_installed(version)
-        if installed is None:
+        present = falco_installed(version)
+        if present is None:
             raise EngineError("falco: the runtime root vanished during the install")
-        done.append(steps.step("falco", "image", lambda: _image(installed)))
+        done.append(steps.step("falco", "image", lambda: _image(present)))
+    installed = falco_installed(version)
+    if installed is not None:
+        _record_times(installed.version, done, time.monotonic() - start)
     return done

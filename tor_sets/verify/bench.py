@@ -183,6 +183,8 @@ class BenchReport:
     falco: tuple[FalcoCost, ...] = ()
     falco_version: str = ""
     falco_events: tuple[int, int] = (0, 0)
+    #: how long installing that Falco took here: install-times.json of ``tor-sets engines install falco``
+    falco_install: dict[str, object] = field(default_factory=dict)
 
 
 def bench_capture(

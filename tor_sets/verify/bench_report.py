@@ -137,6 +137,32 @@ def write_report(result: BenchReport, out_dir: Path, *, default: str) -> list[Pa
     return written
 
 
+def _install_lines(result: BenchReport) -> list[str]:
+    """How long ``tor-sets engines install falco`` took on this machine: each step when it last did work, and the
+    last install (warm: everything cached)."""
+    steps = result.falco_install.get("steps")
+    last = result.falco_install.get("last")
+    if not isinstance(steps, dict) or not steps:
+        return []
+    lines = [
+        f"### Installing Falco {result.falco_version}",
+        "",
+        "`tor-sets engines install falco` (part of `make engines`) on this machine, each step the last time it",
+        "did work (an empty cache: every step runs), and the last install:",
+        "",
+        "| step | seconds | when |",
+        "|---|---:|---|",
+    ]
+    for name, step in steps.items():
+        lines.append(f"| {name} | {step['seconds']:,.1f} | {step['at']} |")
+    total = sum(step["seconds"] for step in steps.values())
+    lines.append(f"| **cold install, all steps** | **{total:,.1f}** | |")
+    if isinstance(last, dict):
+        did = ", ".join(last["did"]) or "nothing: everything was cached"
+        lines.append(f"| last install ({did}) | {last['seconds']:,.1f} | {last['at']} |")
+    return [*lines, ""]
+
+
 def _markdown(result: BenchReport, default: str) -> str:
     by = {(m.engine, m.encoding): m for m in result.measurements}
     modern = "sysdig-modern" if "sysdig-modern" in result.baseline else next(iter(result.baseline), "")
@@ -254,6 +280,7 @@ def _markdown(result: BenchReport, default: str) -> str:
                 f"{v.relative_cpu:.2f} | {v.max_rss_kb / 1024:.1f} | {v.alerts} |"
             )
         lines += ["", "![real Falco](benchmarks-falco.png)", ""]
+        lines += _install_lines(result)
     for engine, base in result.baseline.items():
         lines += [
             f"## {engine} {result.engine_versions[engine]}",
