@@ -12,7 +12,7 @@ export TOR_SETS_SESSION
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: rules examples test lint verify bench engines system-deps plugin clean
+.PHONY: rules examples docs test lint verify bench engines system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ rules: $(STAMP)
 ## the docs' examples of what tor-sets writes (docs/examples, marked blocks in README.md and docs/*.md), from the code
 examples: $(STAMP)
 	$(BIN)/python scripts/examples.py
+
+## every example and command transcript the docs show, from the code and real runs (after `make bench` for figures;
+## the transcripts of verify and the live self-test need root and the engines)
+docs: examples engines
+	$(BIN)/python scripts/transcripts.py; status=$$?; $(BIN)/tor-sets engines stop-docker || true; exit $$status
 
 system-deps:
 	scripts/system-deps.sh

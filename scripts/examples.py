@@ -18,6 +18,7 @@ generated rules.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -105,7 +106,72 @@ EXCERPTS: dict[str, tuple[bool, tuple[str, ...]]] = {
 
 def _excerpts() -> dict[str, str]:
     full, example = build(bundled_snapshot()), build(example_snapshot())
-    return {key: _excerpt(full if whole else example, names) for key, (whole, names) in EXCERPTS.items()}
+    blocks = {key: _excerpt(full if whole else example, names) for key, (whole, names) in EXCERPTS.items()}
+    blocks["figures"] = figures(ROOT / "docs" / "benchmarks.json")
+    return blocks
+
+
+def figures(path: Path) -> str:
+    """The README's headline figures, from the last ``make bench`` (docs/benchmarks.json): never typed by hand."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    modern = {m["encoding"]: m for m in doc["measurements"] if m["engine"] == "sysdig-modern"}
+    default, literal = modern["hybrid-64"], modern["literal-2022"]
+    falco = {v["name"]: v for v in doc.get("falco", [])}
+    rows = [
+        ("", "tor-sets (default)", "the 2022 tool"),
+        (
+            "rules bytes (bundled snapshot, entry + exit, IPv4 + IPv6)",
+            f"{default['rules_bytes']:,} ({default['rules_bytes'] / literal['rules_bytes']:.2f}x)",
+            f"{literal['rules_bytes']:,} (4 files)",
+        ),
+        ("list items", f"{default['list_items']:,}, each address once", f"{literal['list_items']:,}"),
+    ]
+    if falco:
+        rows.append(
+            (
+                f"real Falco {doc['falco_version']}: instructions per event / no Tor rule",
+                f"{falco['lists']['relative_instructions']:.3f}x "
+                f"(plugin: {falco['plugin']['relative_instructions']:.3f}x)",
+                f"{falco['literal-2022']['relative_instructions']:.3f}x",
+            )
+        )
+        rows.append(
+            (
+                "real Falco: start-up and rules loading, million instructions",
+                f"{falco['lists']['startup_instructions'] / 1e6:,.0f} "
+                f"(plugin: {falco['plugin']['startup_instructions'] / 1e6:,.0f})",
+                f"{falco['literal-2022']['startup_instructions'] / 1e6:,.0f}",
+            )
+        )
+    rows.append(
+        (
+            f"sid's sysdig {doc['engine_versions'].get('sysdig-modern', '')}: instructions per event / no Tor rule",
+            f"{default['relative_instructions']:.3f}x",
+            f"{literal['relative_instructions']:.3f}x (it skips accept4)",
+        )
+    )
+    install = doc.get("falco_install") or {}
+    if install.get("steps"):
+        cold = sum(step["seconds"] for step in install["steps"].values())
+        warm = install["last"]["seconds"] if not install["last"]["did"] else None
+        rows.append(
+            (
+                f"installing real Falco {doc['falco_version']} (built from source): cold / warm",
+                f"{cold / 60:,.1f} min / " + (f"{warm:.1f} s" if warm is not None else "not measured"),
+                "no engine, no proof",
+            )
+        )
+    rows.append(
+        (
+            "build of the bundled snapshot",
+            f"{doc['build_s']:.2f} s, peak {doc['build_peak_mb']:.0f} MB",
+            "",
+        )
+    )
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines) + "\n"
 
 
 def _fill(text: str, blocks: dict[str, str], where: Path) -> str:
