@@ -13,7 +13,8 @@ are the relative ones), ``tor-sets`` being this checkout's. The marker line may 
 - ``copy=PATH`` (repeatable): a file of this repository copied into the scratch folder, under its own name.
 - ``background="COMMAND"``: started before the commands (a service they talk to), stopped at the end; ``{port}``
   in any command is one free loopback port.
-- ``keep=N``: at most N lines of each command's output, then ``...``; ``cut=N``: lines cut at N characters (``…``).
+- ``keep=N``: of a longer output, the first N lines, ``...`` and the last line (the verdict, as a rule); ``cut=N``:
+  lines cut at N characters (``…``).
 
 A command may end with ``> FILE`` (stdout into the file). One whose exit status is not 0 is followed by ``$ echo
 $?`` and the status, as a shell would show it. Comparing ignores what differs from run to run by nature (ages in
@@ -192,7 +193,7 @@ def run(transcript: Transcript) -> str:
                         line if len(line) <= transcript.cut else line[: transcript.cut - 1] + "…" for line in lines
                     ]
                 if transcript.keep is not None and len(lines) > transcript.keep:
-                    lines = [*lines[: transcript.keep], "..."]
+                    lines = [*lines[: transcript.keep], "...", lines[-1]]
                 out.append(f"$ {command}")
                 out.extend(lines)
                 if done.returncode != 0:

@@ -328,24 +328,78 @@ def validate_text(text: str, engine: Engine, *, plugins: Sequence[Plugin] = ()) 
 
 
 def format_verdicts(verdicts: Sequence[Verdict]) -> str:
-    """A table for people: one row per engine and rule, then the first missed connections."""
+    """A table for people: one row per engine and rule, then the first missed connections.
+
+    Where a file splits one kind over several rules (the 2022 tool's per-family files), a connection is missed when
+    none of them fired, so those rules are shown with their own fired and false-alarm counts and one row more for
+    all of them together, which carries the misses (listed once, not once per rule).
+    """
     header = f"{'engine':<21} {'rule':<54} {'expected':>8} {'fired':>6} {'missed':>6} {'false':>6}  result"
     lines = [header, "-" * len(header)]
     notes: list[str] = []
+
+    def row(engine: str, name: str, expected: object, fired: int, missed: object, false: int, result: str) -> str:
+        return f"{engine:<21} {name[:54]:<54} {expected!s:>8} {fired:>6} {missed!s:>6} {false:>6}  {result}"
+
     for verdict in verdicts:
+        kinds: dict[str | None, list[RuleVerdict]] = {}
         for r in verdict.rules:
-            result = "ok" if r.ok else ("CANNOT CHECK" if r.problem else "FAIL")
-            lines.append(
-                f"{verdict.engine:<21} {r.rule[:54]:<54} {r.expected:>8} {r.fired:>6} "
-                f"{len(r.missed):>6} {len(r.false_alarms):>6}  {result}"
-            )
+            kinds.setdefault(None if r.problem else r.expectation, []).append(r)
+        for r in verdict.rules:
+            shared = not r.problem and r.expectation is not None and len(kinds[r.expectation]) > 1
             if r.problem:
                 notes.append(f"{verdict.engine} / {r.rule}: {r.problem}")
-            notes.extend(f"{verdict.engine} / {r.rule}: missed {m}" for m in r.missed[:_SHOWN])
+            if shared:
+                result = "ok" if not r.false_alarms else "FAIL"
+                lines.append(row(verdict.engine, r.rule, "", r.fired, "", len(r.false_alarms), result))
+            else:
+                result = "ok" if r.ok else ("CANNOT CHECK" if r.problem else "FAIL")
+                lines.append(
+                    row(verdict.engine, r.rule, r.expected, r.fired, len(r.missed), len(r.false_alarms), result)
+                )
+                notes.extend(f"{verdict.engine} / {r.rule}: missed {m}" for m in r.missed[:_SHOWN])
             notes.extend(f"{verdict.engine} / {r.rule}: false alarm on {m}" for m in r.false_alarms[:_SHOWN])
+        for kind, group in kinds.items():
+            if kind is None or len(group) < 2:
+                continue
+            name = f"  all {len(group)} {kind} rules"
+            first = group[0]
+            ok = not first.missed and not any(r.false_alarms for r in group)
+            lines.append(
+                row(
+                    verdict.engine,
+                    name,
+                    first.expected,
+                    sum(r.fired for r in group),
+                    len(first.missed),
+                    sum(len(r.false_alarms) for r in group),
+                    "ok" if ok else "FAIL",
+                )
+            )
+            notes.extend(f"{verdict.engine} / the {kind} rules: missed {m}" for m in first.missed[:_SHOWN])
         notes.extend(f"{verdict.engine}: {u}" for u in verdict.uncovered)
+
+    def outcome(verdict: Verdict) -> str:
+        if verdict.ok:
+            return "PASS"
+        missed = sum(len(r.missed) for r in _one_per_kind(verdict.rules))
+        false = sum(len(r.false_alarms) for r in verdict.rules)
+        return f"FAIL ({missed} missed, {false} false alarms)"
+
     summary = "\n".join(
-        f"{v.engine} {v.engine_version}: {v.connections} connections ({v.positives} Tor), {'PASS' if v.ok else 'FAIL'}"
+        f"{v.engine} {v.engine_version}: {v.connections} connections ({v.positives} Tor), {outcome(v)}"
         for v in verdicts
     )
     return "\n".join([*lines, "", *notes, *([""] if notes else []), summary]) + "\n"
+
+
+def _one_per_kind(rules: Sequence[RuleVerdict]) -> list[RuleVerdict]:
+    """One verdict per kind of connection (rules of one kind share their misses), and every unchecked rule."""
+    seen: set[str] = set()
+    out = []
+    for r in rules:
+        if r.problem or r.expectation is None or r.expectation not in seen:
+            out.append(r)
+        if r.expectation is not None and not r.problem:
+            seen.add(r.expectation)
+    return out

@@ -295,8 +295,31 @@ def test_the_table_shows_each_rule_then_what_it_missed_then_the_summary(rules: P
     )
     assert lines[-2:] == [
         "fake 0.0.0-fake: 6 connections (3 Tor), PASS",
-        "fake 0.0.0-fake: 6 connections (3 Tor), FAIL",
+        "fake 0.0.0-fake: 6 connections (3 Tor), FAIL (1 missed, 1 false alarms)",
     ]
+
+
+def test_the_table_lists_the_misses_of_rules_split_by_family_once_on_a_row_of_their_own(bundled, tmp_path) -> None:
+    paths = []
+    for name, text in sorted(render_2022(classify(bundled)).items()):
+        (tmp_path / name).write_text(text)
+        paths.append(tmp_path / name)
+    scenario = make_scenario(classify(bundled), lists=load_rules(*paths).lists)
+    verdict = verify(paths, scenario, evaluating_engine())
+    lines = format_verdicts([verdict]).splitlines()
+    inbound = next(line.split() for line in lines if "all 2 inbound rules" in line)
+    missed = len(next(v for v in verdict.rules if "ingress" in v.rule).missed)
+    assert missed and inbound[-5:] == [
+        str(len(scenario.expected(Expectation.INBOUND))),
+        inbound[-4],
+        str(missed),
+        "0",
+        "FAIL",
+    ]
+    assert next(line.split() for line in lines if "all 2 outbound rules" in line)[-3:] == ["0", "0", "ok"]
+    assert sum("the inbound rules: missed accept4" in line for line in lines) == min(missed, 10)
+    assert not any("(ingress): missed" in line for line in lines)  # not once per rule
+    assert lines[-1].endswith(f"FAIL ({missed} missed, 0 false alarms)")
 
 
 # --- verify end to end: the fake engine evaluating the rules on the capture --------------------------------------
