@@ -108,7 +108,40 @@ def _excerpts() -> dict[str, str]:
     full, example = build(bundled_snapshot()), build(example_snapshot())
     blocks = {key: _excerpt(full if whole else example, names) for key, (whole, names) in EXCERPTS.items()}
     blocks["figures"] = figures(ROOT / "docs" / "benchmarks.json")
+    blocks["plugin-figures"] = plugin_figures(ROOT / "docs" / "benchmarks.json")
     return blocks
+
+
+def plugin_figures(path: Path) -> str:
+    """docs/plugin.md's comparison of the plugin with the list rules on real Falco, from the last ``make bench``."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    falco = {v["name"]: v for v in doc.get("falco", [])}
+    if not {"lists", "plugin"} <= set(falco):
+        return "(no measurement of real Falco in docs/benchmarks.json: run `make bench`)\n"
+    rows = [("", "list rules", "plugin rules")]
+    lists, plugin = falco["lists"], falco["plugin"]
+    rows += [
+        ("rules file, bytes", f"{lists['rules_bytes']:,}", f"{plugin['rules_bytes']:,} (+ the table)"),
+        (
+            f"instructions per event / no Tor rule (Falco {doc['falco_version']})",
+            f"{lists['relative_instructions']:.3f}x",
+            f"{plugin['relative_instructions']:.3f}x",
+        ),
+        (
+            "start-up and rules loading, million instructions",
+            f"{lists['startup_instructions'] / 1e6:,.0f}",
+            f"{plugin['startup_instructions'] / 1e6:,.0f}",
+        ),
+        ("peak RSS, MB", f"{lists['max_rss_kb'] / 1024:.1f}", f"{plugin['max_rss_kb'] / 1024:.1f}"),
+    ]
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, str, str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines) + "\n"
 
 
 def figures(path: Path) -> str:
@@ -168,10 +201,7 @@ def figures(path: Path) -> str:
             "",
         )
     )
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines) + "\n"
+    return _table(rows)
 
 
 def _fill(text: str, blocks: dict[str, str], where: Path) -> str:

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian packages the tests and engines need, once: each is skipped when already present.
 # sysdig (the legacy engine), debootstrap (the modern engine's root), docker.io (the dockerised engine and the
-# image tests), docker-registry (the OCI publishing tests), iproute2 (network namespaces), gcc (the plugin).
+# image tests), docker-registry (the OCI publishing tests), iproute2 (network namespaces), gcc (the plugin),
+# curl (the docs' transcripts of the enrich endpoint).
 set -euo pipefail
 need=()
-for pkg in sysdig debootstrap docker.io docker-registry iproute2 gcc libc6-dev; do
+for pkg in sysdig debootstrap docker.io docker-registry iproute2 gcc libc6-dev curl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -11,10 +11,11 @@ are the relative ones), ``tor-sets`` being this checkout's. The marker line may 
   engine; ``root``). A transcript with needs is checked by the integration tests.
 - ``setup="COMMAND"`` (repeatable): run first, output not shown (a failure stops ``make docs``).
 - ``copy=PATH`` (repeatable): a file of this repository copied into the scratch folder, under its own name.
-- ``background="COMMAND"``: started before the commands (a service they talk to), stopped at the end; ``{port}``
-  in any command is one free loopback port.
+- ``background="COMMAND"``: started before the commands (a service they talk to), stopped at the end.
+- ``port=N``: the port the reader sees; each run uses a free loopback port in its place (in every command), and
+  shows N again in the output.
 - ``keep=N``: of a longer output, the first N lines, ``...`` and the last line (the verdict, as a rule); ``cut=N``:
-  lines cut at N characters (``…``).
+  longer lines shown as their start, ``…`` and their end, N characters in all.
 
 A command may end with ``> FILE`` (stdout into the file). One whose exit status is not 0 is followed by ``$ echo
 $?`` and the status, as a shell would show it. Comparing ignores what differs from run to run by nature (ages in
@@ -53,6 +54,7 @@ class Transcript:
     setup: tuple[str, ...] = ()
     copy: tuple[str, ...] = ()
     background: str = ""
+    port: int | None = None
     keep: int | None = None
     cut: int | None = None
     where: str = field(default="", compare=False)
@@ -62,7 +64,7 @@ class Transcript:
         values: dict[str, list[str]] = {}
         for word in shlex.split(options):
             name, sep, value = word.partition("=")
-            if not sep or name not in ("needs", "setup", "copy", "background", "keep", "cut"):
+            if not sep or name not in ("needs", "setup", "copy", "background", "port", "keep", "cut"):
                 raise SystemExit(f"{where}: transcript option {word!r} is not NAME=VALUE of a known name")
             values.setdefault(name, []).append(value)
         commands = tuple(line[2:] for line in body.splitlines() if line.startswith("$ ") and line != "$ echo $?")
@@ -72,13 +74,14 @@ class Transcript:
         def one(name: str) -> str | None:
             return values[name][-1] if name in values else None
 
-        keep, cut = one("keep"), one("cut")
+        keep, cut, port = one("keep"), one("cut"), one("port")
         return cls(
             commands=commands,
             needs=tuple(need for value in values.get("needs", []) for need in value.split(",") if need),
             setup=tuple(values.get("setup", [])),
             copy=tuple(values.get("copy", [])),
             background=one("background") or "",
+            port=int(port) if port else None,
             keep=int(keep) if keep else None,
             cut=int(cut) if cut else None,
             where=where,
@@ -96,6 +99,8 @@ _VOLATILE = (
     (re.compile(r"\b\d\d:\d\d:\d\d\.\d{9}\b"), "TIME"),
     (re.compile(r"\b[0-9a-f]{64}\b"), "SHA256"),
     (re.compile(r"\b(pid|pid=|\"proc\.pid\": ?)\d+"), r"\1N"),
+    (re.compile(r'("(?:evt\.time|fd\.[cslr]port|proc\.pid|proc\.ppid)": ?)\d+'), r"\1N"),
+    (re.compile(r'("hostname": ?)"[^"]*"'), r'\1"HOST"'),
     (re.compile(r"-[0-9a-f]{8}\.(state\.json|lock)\b"), r"-KEY.\1"),
 )
 
@@ -111,15 +116,26 @@ def normalise(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()).strip() + "\n"
 
 
+def _cut(line: str, width: int) -> str:
+    """``line`` at most ``width`` characters long: its start and its end (where JSON keeps what was added)."""
+    if len(line) <= width:
+        return line
+    half = (width - 1) // 2
+    return f"{line[:half]}…{line[len(line) - (width - 1 - half):]}"
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-def _argv(command: str, port: int) -> tuple[list[str], str | None]:
-    """The argv of a shown command (``tor-sets`` being this checkout's) and the file its stdout goes to, if any."""
-    words = shlex.split(command.replace("{port}", str(port)))
+def _argv(command: str, ports: tuple[int, int] | None) -> tuple[list[str], str | None]:
+    """The argv of a shown command (``tor-sets`` being this checkout's, the shown port the free one) and the file
+    its stdout goes to, if any."""
+    if ports is not None:
+        command = re.sub(rf"(?<=:){ports[0]}\b", str(ports[1]), command)
+    words = shlex.split(command)
     target = None
     if len(words) >= 2 and words[-2] == ">":
         words, target = words[:-2], words[-1]
@@ -129,11 +145,14 @@ def _argv(command: str, port: int) -> tuple[list[str], str | None]:
 
 
 @contextmanager
-def _background(command: str, port: int, cwd: str, env: dict[str, str]) -> Iterator[None]:
+def _background(command: str, ports: tuple[int, int] | None, cwd: str, env: dict[str, str]) -> Iterator[None]:
     if not command:
         yield
         return
-    argv, _ = _argv(command, port)
+    if ports is None:
+        raise SystemExit(f"background command without port=N: {command}")
+    port = ports[1]
+    argv, _ = _argv(command, ports)
     process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
@@ -158,7 +177,7 @@ def _background(command: str, port: int, cwd: str, env: dict[str, str]) -> Itera
 def run(transcript: Transcript) -> str:
     """Run the commands in a fresh scratch folder; the block's text (``$ command`` then its output)."""
     out: list[str] = []
-    port = _free_port()
+    ports = (transcript.port, _free_port()) if transcript.port else None
     with tempfile.TemporaryDirectory(prefix="tor-sets-docs-") as scratch:
         env = {**os.environ, "COLUMNS": "120", "TOR_SETS_STATE_DIR": str(Path(scratch) / ".state")}
         env.pop("TOR_SETS_SESSION", None)
@@ -166,7 +185,7 @@ def run(transcript: Transcript) -> str:
             shutil.copy(ROOT / path, Path(scratch) / Path(path).name)
 
         def execute(command: str) -> subprocess.CompletedProcess[str]:
-            argv, target = _argv(command, port)
+            argv, target = _argv(command, ports)
             stdout = open(Path(scratch) / target, "w") if target else subprocess.PIPE  # noqa: SIM115
             try:
                 done = subprocess.run(
@@ -183,10 +202,12 @@ def run(transcript: Transcript) -> str:
                 raise SystemExit(
                     f"{transcript.where}: set-up command failed ({done.returncode}): {command}\n{done.stderr}"
                 )
-        with _background(transcript.background, port, scratch, env):
+        with _background(transcript.background, ports, scratch, env):
             for command in transcript.commands:
                 done = execute(command)
                 shown = (done.stderr + (done.stdout or "")).replace(f"{scratch}/", "").replace(scratch, ".")
+                if ports is not None:
+                    shown = re.sub(rf"(?<=:){ports[1]}\b", str(ports[0]), shown)
                 lines = shown.rstrip("\n").splitlines()
                 if transcript.cut is not None:
                     lines = [

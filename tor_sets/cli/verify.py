@@ -89,7 +89,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=[],
         metavar="NAME=LIBRARY",
         help="load this plugin (with an empty init_config), e.g. container=/usr/share/falco/plugins/libcontainer.so "
-        "for rules that need it; repeatable",
+        "for rules that need it; torsets=libtorsets.so: the tor-sets plugin with a table of the same relay data, "
+        "and (without --rules) the plugin's rules; repeatable",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.set_defaults(func=run)
@@ -134,7 +135,14 @@ def select_engines(names: list[str]) -> tuple[list[Engine], list[str]]:
     return list(unique.values()), skipped
 
 
-def _rules_for(engine: Engine, snapshot: Snapshot, options: BuildOptions, folder: Path) -> Path:
+def _rules_for(engine: Engine, snapshot: Snapshot, options: BuildOptions, folder: Path, *, plugin: bool) -> Path:
+    if plugin:  # the rules that ask the tor-sets plugin
+        from tor_sets.plugin import plugin_rules_text
+
+        path = folder / "tor_plugin_rules.yaml"
+        if not path.exists():
+            path.write_text(plugin_rules_text(build(snapshot, options)))
+        return path
     legacy = engine.name == "sysdig-legacy"
     if legacy:
         options = replace(options, rules=replace(options.rules, falco_version="legacy"))
@@ -142,6 +150,17 @@ def _rules_for(engine: Engine, snapshot: Snapshot, options: BuildOptions, folder
     if not path.exists():
         path.write_text(build(snapshot, options).text)
     return path
+
+
+def _with_table(plugins: list[Plugin], snapshot: Snapshot, options: BuildOptions, folder: Path) -> list[Plugin]:
+    """``plugins`` with the tor-sets plugin, when named without a configuration, given a table of ``snapshot``."""
+    from tor_sets.plugin import PLUGIN_NAME, engine_plugin, table_bytes
+
+    if not any(p.name == PLUGIN_NAME and not p.init_config for p in plugins):
+        return plugins
+    table = folder / "tor.table"
+    table.write_bytes(table_bytes(build(snapshot, options), snapshot))
+    return [engine_plugin(p.library, table) if p.name == PLUGIN_NAME and not p.init_config else p for p in plugins]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,8 +178,10 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="tor-sets-verify-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
+        plugins = _with_table(args.load_plugin, snapshot, options, folder)
+        torsets = plugins != args.load_plugin
         for engine in engines:
-            paths = args.rules or [_rules_for(engine, snapshot, options, folder)]
+            paths = args.rules or [_rules_for(engine, snapshot, options, folder, plugin=torsets)]
             rules = load_rules(*paths)
             for warning in rules.warnings:
                 log.warning("%s: %s", paths[-1], warning)
@@ -185,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
                     scenario,
                     engine,
                     workdir=workdir,
-                    plugins=args.load_plugin,
+                    plugins=plugins,
                     before=args.before,
                     rule_matching=args.rule_matching,
                 )

@@ -14,6 +14,8 @@
    so that the marker is not held back in the engine's read buffer (measured: sysdig lags the writer by about
    8 KiB). Every wait is bounded, so a plugin that blocks fails the test instead of hanging it.
 3. A FIFO or a file over the size limit at the table path at start: sysdig fails at once with the plugin's reason.
+4. Real Falco 0.44.1 replays the labelled scenario of ``tor-sets verify`` with the plugin and its rules loaded:
+   every expected alert fires and nothing else, as on sysdig, connection by connection.
 """
 
 from __future__ import annotations
@@ -225,6 +227,28 @@ def test_plugin_rules_fire_exactly_on_tor_connections(
         # the plugin rule and the list-based rule of the same name flag exactly the same events
         lists = engine.filter(capture, list_rules[name].expanded, ("evt.type",))
         assert {m.ts_ns for m in lists.matches} == fired, name
+
+
+def test_real_falco_fires_the_plugin_rules_exactly_on_the_labelled_connections(
+    library: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``tor-sets verify --load-plugin torsets=LIB``: a table of the same relays, the plugin's rules, real Falco."""
+    from tests.support.falco import falco_or_skip
+    from tor_sets.cli import main
+
+    falco_or_skip("falco-local")
+    argv = ["verify", "--engine", "falco-local", "--engine", "sysdig-modern", "--load-plugin", f"torsets={library}"]
+    assert main([*argv, "--keep", str(tmp_path / "kept"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and [v["engine"] for v in doc["verdicts"]] == ["falco-local", "sysdig-modern"]
+    for verdict in doc["verdicts"]:
+        rules = {r["rule"]: r for r in verdict["rules"]}
+        assert set(rules) == {OUTBOUND_RULE, INBOUND_RULE}
+        for rule in rules.values():
+            assert rule["expected"] > 300 and rule["fired"] == rule["expected"] and rule["false_alarms"] == 0, rule
+    kept = tmp_path / "kept"
+    assert "tor.server_is_entry" in (kept / "tor_plugin_rules.yaml").read_text()
+    assert decode((kept / "tor.table").read_bytes()).counts()["ipv4"] > 1000  # the table the plugin answered
 
 
 def test_plugin_refuses_a_bad_table_at_start(engine: SysdigModern, library: Path, tmp_path: Path, built: Built) -> None:
