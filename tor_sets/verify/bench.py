@@ -183,6 +183,8 @@ class BenchReport:
     falco: tuple[FalcoCost, ...] = ()
     falco_version: str = ""
     falco_events: tuple[int, int] = (0, 0)
+    #: per engine, the connections and events of the capture it replayed (the legacy engine gets a smaller one)
+    captures: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: how long installing that Falco took here: install-times.json of ``tor-sets engines install falco``
     falco_install: dict[str, object] = field(default_factory=dict)
 
@@ -327,6 +329,7 @@ def run_bench(
     events_total = 0
     tor_total = 0
     counted_events = 0
+    captures: dict[str, tuple[int, int]] = {}
     for engine in engines:
         legacy = engine.name == "sysdig-legacy"
         texts = {e.name: e.texts(snapshot, sets, legacy=legacy) for e in chosen}
@@ -339,6 +342,7 @@ def run_bench(
             events, hits = bench_capture(sets, capture, connections=size)
             (workdir / f"bench-{size}.json").write_text(json.dumps({"events": events, "tor": hits}))
         meta = json.loads((workdir / f"bench-{size}.json").read_text())
+        captures[engine.name] = (size, meta["events"])
         if engine is engines[0]:
             events_total, tor_total = meta["events"], meta["tor"]
         # each encoding run is paired with a replay with no Tor rule just before it; the ratio of the pair cancels
@@ -412,6 +416,7 @@ def run_bench(
         command=command,
         repetitions=repetitions,
         counted_events=counted_events,
+        captures=captures,
     )
 
 

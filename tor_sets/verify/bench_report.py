@@ -15,7 +15,7 @@ from pathlib import Path
 from tor_sets import __version__
 from tor_sets.verify.bench import BenchReport, EncodingCost
 
-__all__ = ["SCHEMA", "bench_json", "format_bench", "write_report"]
+__all__ = ["SCHEMA", "bench_json", "format_bench", "plot_points", "write_report"]
 
 #: the version of the JSON document's layout
 SCHEMA = 1
@@ -60,6 +60,20 @@ def bench_json(result: BenchReport) -> dict[str, object]:
     return doc
 
 
+def plot_points(result: BenchReport, engine: str) -> tuple[str, list[tuple[str, float, float]]]:
+    """What the plot of ``engine`` shows: the y-axis label and ``(encoding, rules kB, cost)`` per encoding; the cost
+    is the instruction ratio when every encoding was counted, else the CPU-time ratio, and the label says which."""
+    points = [m for m in result.measurements if m.engine == engine]
+    counted = bool(points) and all(m.relative_instructions is not None for m in points)
+    label = (
+        "instructions per event / no Tor rule (callgrind)" if counted else "replay CPU time / replay with no Tor rule"
+    )
+    return label, [
+        (m.encoding, m.rules_bytes / 1000, m.relative_instructions if counted else m.relative)  # type: ignore[misc]
+        for m in points
+    ]
+
+
 def _plot(result: BenchReport, path: Path, engine: str) -> None:
     """Rules bytes against per-event cost (relative to no Tor rule), one point per encoding."""
     import matplotlib
@@ -67,16 +81,23 @@ def _plot(result: BenchReport, path: Path, engine: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [m for m in result.measurements if m.engine == engine]
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
-    for m in points:
-        ax.scatter(m.rules_bytes / 1000, m.relative, s=40)
-        ax.annotate(
-            m.encoding, (m.rules_bytes / 1000, m.relative), textcoords="offset points", xytext=(5, 4), fontsize=8
+    label, points = plot_points(result, engine)
+    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
+    markers = "osD^v<>pXh*"
+    colours = [f"C{index}" for index in range(10)]  # matplotlib's default colour cycle
+    for index, (encoding, kilobytes, cost) in enumerate(points):
+        ax.scatter(
+            kilobytes,
+            cost,
+            s=46,
+            marker=markers[index % len(markers)],
+            color=colours[index % len(colours)],
+            label=encoding,
         )
+    # a legend beside the plot, not labels at the points: the encodings crowd together where the sizes are close
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_xlabel("rules size (kB)")
-    counted = any(m.relative_instructions is not None for m in points)
-    ax.set_ylabel("instructions per event / no Tor rule" if counted else "replay CPU time / replay with no Tor rule")
+    ax.set_ylabel(label)
     ax.set_title(f"Tor rules on {engine} {result.engine_versions[engine]}: size against per-event cost")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
@@ -282,10 +303,12 @@ def _markdown(result: BenchReport, default: str) -> str:
         lines += ["", "![real Falco](benchmarks-falco.png)", ""]
         lines += _install_lines(result)
     for engine, base in result.baseline.items():
+        size, events = result.captures.get(engine, (result.connections, result.events))
         lines += [
             f"## {engine} {result.engine_versions[engine]}",
             "",
-            f"Replay with no Tor rule: {base:.3f} s.",
+            f"Capture: {size:,} connections ({events:,} events); replay with no Tor rule: {base:.3f} s CPU."
+            + (" A smaller capture than the others: this engine is far slower." if size < result.connections else ""),
             "",
             "| encoding | what | rules bytes | list items | networks | load s | peak RSS MB | replay CPU s | "
             "x no rule | x no rule, min-max | instructions / event | x no rule (instructions) | "

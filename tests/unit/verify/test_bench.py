@@ -18,7 +18,7 @@ from tor_sets.falco.load import load_rules
 from tor_sets.plugin import plugin_rules_text
 from tor_sets.relays import Snapshot, classify
 from tor_sets.verify import BenchReport, EncodingCost, bench_json, encodings, format_bench
-from tor_sets.verify.bench import bench_capture, rules_condition
+from tor_sets.verify.bench import FalcoCost, bench_capture, rules_condition
 
 
 def test_encodings_cover_the_same_relays_in_the_order_reported() -> None:
@@ -115,3 +115,49 @@ def test_the_json_document_carries_its_schema_and_every_figure() -> None:
     document = json.loads(json.dumps(bench_json(REPORT)))
     assert document["schema"] == 1 and document["tor_sets_version"]
     assert document["measurements"][0]["encoding"] == "hybrid-16" and document["falco"] == []
+
+
+def test_the_plot_shows_instructions_when_counted_and_says_cpu_time_when_not() -> None:
+    from dataclasses import replace
+
+    from tor_sets.verify.bench_report import plot_points
+
+    label, points = plot_points(REPORT, "sysdig-modern")
+    assert label.startswith("replay CPU time") and points == [("hybrid-16", 120.0, 1.25)]
+    counted = replace(
+        REPORT, measurements=(replace(REPORT.measurements[0], relative_instructions=1.04, instructions_per_event=9.0),)
+    )
+    label, points = plot_points(counted, "sysdig-modern")
+    assert label.startswith("instructions per event") and points == [("hybrid-16", 120.0, 1.04)]
+
+
+def test_the_markdown_names_each_engines_capture_and_the_falco_install() -> None:
+    from dataclasses import replace
+
+    from tor_sets.verify.bench_report import _markdown
+
+    report = replace(REPORT, captures={"sysdig-modern": (10_000, 55_000)})
+    text = _markdown(report, "hybrid-16")
+    assert "Capture: 10,000 connections (55,000 events)" in text and "A smaller capture than the others" in text
+    assert "Installing Falco" not in text  # nothing recorded, nothing claimed
+    install = {
+        "steps": {"build root": {"seconds": 94.6, "at": "T1"}, "compile": {"seconds": 1237.8, "at": "T1"}},
+        "last": {"seconds": 0.7, "at": "T2", "did": []},
+    }
+    falco = (
+        FalcoCost(
+            name="lists",
+            description="the default list rules",
+            rules_bytes=125_000,
+            instructions_per_event=1100.0,
+            relative_instructions=1.097,
+            startup_instructions=542_000_000,
+            cpu_per_event_us=1.2,
+            relative_cpu=1.1,
+            max_rss_kb=40_000,
+            alerts=0,
+        ),
+    )
+    text = _markdown(replace(report, falco=falco, falco_version="0.44.1", falco_install=install), "hybrid-16")
+    assert "| **cold install, all steps** | **1,332.4** | |" in text
+    assert "| last install (nothing: everything was cached) | 0.7 | T2 |" in text
