@@ -9,7 +9,8 @@ The library follows the data's way; every step is importable on its own::
     built = build(obtained.snapshot)                 # lists, macros and rules as Falco YAML
     write_rules("tor_rules.yaml", built.text)        # atomic; False when unchanged
 
-See docs/api.md for a complete example.
+Each module documents its part (``help(tor_sets.onionoo)``, ``help(tor_sets.falco)``, ...). The source tree's
+docs/api.md has a complete example, run by the tests.
 """
 
 from __future__ import annotations

@@ -266,3 +266,17 @@ def test_the_exported_names_are_sorted_and_exist(package: str) -> None:
     assert module.__all__ == sorted(module.__all__, key=ruff_order)
     missing = [name for name in module.__all__ if not hasattr(module, name)]
     assert missing == [], f"{package} exports names it does not define: {missing}"
+
+
+def test_the_package_description_has_no_link_a_package_index_cannot_follow():
+    """PACKAGE.md is the description on a package index, where README.md's links into docs/ would be dead."""
+    import re
+    import tomllib
+
+    from tests.conftest import REPO
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    text = (REPO / project["readme"]).read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert all(re.match(r"https?://", link) for link in links), links
+    assert "tor-sets refresh" in text and "docs/" in text
