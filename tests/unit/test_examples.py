@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import yaml
 
 from tests.conftest import REPO
+from tests.support.scripts import load_script
 from tor_sets.falco.generate import OUTBOUND_RULE, TUNING_MACRO
 
 
 def examples_script() -> ModuleType:
-    """scripts/examples.py, the code behind ``make examples`` (a development script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("tor_sets_examples", REPO / "scripts" / "examples.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """scripts/examples.py, the code behind ``make examples``."""
+    return load_script("examples")
 
 
 def copy_docs(tmp_path: Path) -> Path:

@@ -6,23 +6,17 @@ need real engines or root.
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 from types import ModuleType
 
 from tests.conftest import REPO
+from tests.support.scripts import load_script
 
 
 def transcripts_script() -> ModuleType:
-    """scripts/transcripts.py, the code behind ``make docs`` (a development script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("tor_sets_transcripts", REPO / "scripts" / "transcripts.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """scripts/transcripts.py, the code behind ``make docs``."""
+    return load_script("transcripts")
 
 
 def test_the_transcripts_that_need_nothing_are_current():

@@ -390,21 +390,18 @@ class _Build:
             version = _run_version(tmp)
             if f"Falco version: {self.sources.version}" not in version:
                 raise EngineError(f"the runtime root's falco reports {version.splitlines()[:1]} (log: {log_file})")
-            manifest = {
-                "version": self.sources.version,
-                "key": self.sources.key,
-                "origin": "source",
-                "libs": self.sources.libs_version,
-                "driver": self.sources.driver_version,
-                "sources": {p.name: _sha256(p) for p in (self.sources.falco, self.sources.libs, self.sources.driver)},
-                "binary_sha256": _sha256(tmp / "usr/bin/falco"),
-                "modern_bpf": True,
-                "falco_version_output": version.strip(),
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            (tmp / FalcoInstall.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            steps.discard(runtime)
-            os.rename(tmp, runtime)
+            sources = (self.sources.falco, self.sources.libs, self.sources.driver)
+            _install_runtime(
+                tmp,
+                runtime,
+                version,
+                version=self.sources.version,
+                key=self.sources.key,
+                origin="source",
+                libs=self.sources.libs_version,
+                driver=self.sources.driver_version,
+                sources={p.name: _sha256(p) for p in sources},
+            )
         except BaseException:
             steps.discard(tmp)
             raise
@@ -550,19 +547,15 @@ class _FromImage:
             finally:
                 steps.run([docker, "rm", "-f", name], "docker rm", log_file=log_file)
             version = _run_version(tmp)
-            manifest = {
-                "version": self.version,
-                "key": f"image-{self.version}",
-                "origin": "image",
-                "image": self.official,
-                "binary_sha256": _sha256(tmp / "usr/bin/falco"),
-                "modern_bpf": True,
-                "falco_version_output": version.strip(),
-                "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            (tmp / FalcoInstall.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            steps.discard(runtime)
-            os.rename(tmp, runtime)
+            _install_runtime(
+                tmp,
+                runtime,
+                version,
+                version=self.version,
+                key=f"image-{self.version}",
+                origin="image",
+                image=self.official,
+            )
         except BaseException:
             steps.discard(tmp)
             raise
@@ -594,6 +587,20 @@ def _image(install: FalcoInstall) -> tuple[bool, str]:
         return True, f"tagged {FALCO_OFFICIAL_REPO}:{install.version} as {image}"
     import_root(install.runtime, image, labels={"tor-sets.falco.key": install.key})
     return True, f"imported {install.runtime} as {image}"
+
+
+def _install_runtime(tmp: Path, runtime: Path, version_output: str, **manifest: object) -> None:
+    """Write the manifest (``manifest`` plus what every runtime root records) into ``tmp`` and move it to
+    ``runtime``, replacing what was there."""
+    manifest |= {
+        "binary_sha256": _sha256(tmp / "usr/bin/falco"),
+        "modern_bpf": True,
+        "falco_version_output": version_output.strip(),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (tmp / FalcoInstall.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    steps.discard(runtime)
+    os.rename(tmp, runtime)
 
 
 #: per release, the seconds each install step took when it last did work (a cold install's figures) and the last
