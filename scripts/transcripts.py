@@ -121,7 +121,7 @@ def _cut(line: str, width: int) -> str:
     if len(line) <= width:
         return line
     half = (width - 1) // 2
-    return f"{line[:half]}…{line[len(line) - (width - 1 - half):]}"
+    return f"{line[:half]}…{line[len(line) - (width - 1 - half) :]}"
 
 
 def _free_port() -> int:
