@@ -31,7 +31,9 @@ examples: $(STAMP)
 ## every example and command transcript the docs show, from the code and real runs (after `make bench` for figures;
 ## the transcripts of verify and the live self-test need root and the engines)
 docs: examples engines
-	$(BIN)/python scripts/transcripts.py; status=$$?; $(BIN)/tor-sets engines stop-docker || true; exit $$status
+	$(BIN)/python scripts/transcripts.py \
+	  && TOR_SETS_FAULT_TABLE=docs/operations.md $(BIN)/pytest -q -p no:cacheprovider tests/integration/deploy/test_refresh_faults.py; \
+	  status=$$?; $(BIN)/tor-sets engines stop-docker || true; exit $$status
 
 system-deps:
 	scripts/system-deps.sh
