@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tor_sets.build import BuildOptions, build
+from tor_sets.compact import DEFAULT_EXPAND_BELOW
 from tor_sets.engines import Engine, FalcoLocal, Plugin
 from tor_sets.engines.process import run_process
 from tor_sets.errors import EngineUnavailable, RuleError
@@ -481,7 +482,8 @@ def falco_cost(
         ("no Tor rule", "a rule on open only: connects and accepts reach no rule", files("none", [_NO_TOR_RULE]), []),
         (
             "lists",
-            f"the default list rules ({default.rules_file.header[-1].split('; ')[-1]})",
+            f"the default list rules (hybrid-{DEFAULT_EXPAND_BELOW}: networks of {DEFAULT_EXPAND_BELOW} or more "
+            "addresses in network lists, every other address in hash-set lists)",
             files("lists", [default.text]),
             [],
         ),
