@@ -5,7 +5,8 @@ test_transcripts.py for those that need real engines, root or the kernel probe).
 A transcript is a fenced ``console`` block right after a ``<!-- transcript ... -->`` line in ``README.md`` or
 ``docs/*.md``. Its ``$ `` lines are the commands, as the reader types them; everything else in the block is their
 output, rewritten by every run. The commands run one after the other in one scratch folder (so the paths shown
-are the relative ones), ``tor-sets`` being this checkout's. The marker line may say, as ``name=value`` words:
+are the relative ones), ``tor-sets`` being this checkout's; in the output this checkout's path reads
+``<checkout>`` and the machine's name ``<host>``, so that no machine's paths reach the docs. The marker line may say, as ``name=value`` words:
 
 - ``needs=falco,root``: what the commands need beyond Python (``falco``: an installed Falco; ``engines``: every
   engine; ``root``). A transcript with needs is checked by the integration tests.
@@ -206,6 +207,9 @@ def run(transcript: Transcript) -> str:
             for command in transcript.commands:
                 done = execute(command)
                 shown = (done.stderr + (done.stdout or "")).replace(f"{scratch}/", "").replace(scratch, ".")
+                shown = shown.replace(str(ROOT), "<checkout>").replace(
+                    f'"hostname":"{socket.gethostname()}"', '"hostname":"<host>"'
+                )
                 if ports is not None:
                     shown = re.sub(rf"(?<=:){ports[1]}\b", str(ports[0]), shown)
                 lines = shown.rstrip("\n").splitlines()

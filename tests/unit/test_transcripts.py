@@ -35,6 +35,12 @@ def test_every_console_block_of_the_docs_is_a_transcript():
                 assert number and lines[number - 1].startswith("<!-- transcript"), f"{document.name}:{number + 1}"
 
 
+def test_no_document_shows_this_checkouts_path():
+    """Transcripts write ``<checkout>`` for it: a machine's paths in the docs would make them stale elsewhere."""
+    for document in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        assert str(REPO) not in document.read_text(encoding="utf-8"), document.name
+
+
 def test_a_changed_count_is_stale_but_a_changed_age_is_not(tmp_path: Path):
     script = transcripts_script()
     shutil.copy(REPO / "README.md", tmp_path / "README.md")

@@ -43,7 +43,9 @@ WAIT_S = 120.0
 def image_cache() -> Path:
     """``${XDG_CACHE_HOME:-~/.cache}/tor-sets/image``."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tor-sets" / "image"
+    folder = Path(base) / "tor-sets" / "image"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _run(argv: list[str], *, timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:
