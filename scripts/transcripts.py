@@ -6,7 +6,8 @@ A transcript is a fenced ``console`` block right after a ``<!-- transcript ... -
 ``docs/*.md``. Its ``$ `` lines are the commands, as the reader types them; everything else in the block is their
 output, rewritten by every run. The commands run one after the other in one scratch folder (so the paths shown
 are the relative ones), ``tor-sets`` being this checkout's; in the output this checkout's path reads
-``<checkout>`` and the machine's name ``<host>``, so that no machine's paths reach the docs. The marker line may say, as ``name=value`` words:
+``<checkout>`` and the machine's name ``<host>``, so that no machine's paths reach the docs.
+The marker line may say, as ``name=value`` words:
 
 - ``needs=falco,root``: what the commands need beyond Python (``falco``: an installed Falco; ``engines``: every
   engine; ``root``). A transcript with needs is checked by the integration tests.
