@@ -1,12 +1,13 @@
 """The main job as a library call: snapshot → relay sets → rules text, and the atomic write of a rules file.
 
-Exports :class:`BuildOptions`, :class:`Built`, :func:`build` (pure) and :func:`write_rules` (the only I/O here).
+Exports :class:`BuildOptions`, :class:`Built`, :func:`build` and :func:`watched_counts` (pure) and
+:func:`write_rules` (the only I/O here).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tor_sets.falco.model import RulesFile
 from tor_sets.files import write_file
 from tor_sets.relays import IPAddress, IPNetwork, RelaySets, Role, Snapshot, classify
 
-__all__ = ["BuildOptions", "Built", "build", "write_rules"]
+__all__ = ["BuildOptions", "Built", "build", "watched_counts", "write_rules"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +43,20 @@ class BuildOptions:
 
 @dataclass(frozen=True, slots=True)
 class Built:
-    """The result of a build: the sets, the rules model and its text."""
+    """The result of a build: the sets, the rules model and its text.
+
+    Attributes:
+        sets: every relay set of the snapshot (all roles and families), after exclusions and canaries.
+        rules_file: the rules model.
+        text: its YAML.
+        watched: how many addresses the rules' lists hold, per role the rules read and family written
+            (``{"entry_ipv4": 4177, ...}``): what the ``# addresses:`` header says.
+    """
 
     sets: RelaySets
     rules_file: RulesFile
     text: str
+    watched: Mapping[str, int] = field(default_factory=dict)
 
     def list_items(self) -> int:
         return sum(len(lst.items) for lst in self.rules_file.lists().values())
@@ -65,6 +75,20 @@ def relay_sets(snapshot: Snapshot, options: BuildOptions) -> RelaySets:
     return sets
 
 
+def watched_counts(sets: RelaySets, options: RulesOptions) -> dict[str, int]:
+    """How many addresses the rules hold, per role they read and family they cover (``entry_ipv4`` ...): the lists
+    hold every address of those roles and families, each exactly once per role (networks are exact).
+
+    >>> from ipaddress import ip_address
+    >>> sets = RelaySets(entry=frozenset({ip_address("192.0.2.1"), ip_address("2001:db8::1")}))
+    >>> watched_counts(sets, RulesOptions(rules=frozenset({"outbound"}), families=frozenset({4})))
+    {'entry_ipv4': 1}
+    """
+    counts = sets.counts()
+    roles = [role for role in Role if role in options.watched_roles]
+    return {f"{role.value}_ipv{v}": counts[f"{role.value}_ipv{v}"] for role in roles for v in sorted(options.families)}
+
+
 def build(snapshot: Snapshot, options: BuildOptions | None = None) -> Built:
     """Build the Falco rules text for a snapshot.
 
@@ -74,9 +98,10 @@ def build(snapshot: Snapshot, options: BuildOptions | None = None) -> Built:
     """
     options = options or BuildOptions()
     sets = relay_sets(snapshot, options)
-    rules_options = replace(options.rules, header=header_lines(snapshot, sets))
+    watched = watched_counts(sets, options.rules)
+    rules_options = replace(options.rules, header=header_lines(snapshot, watched))
     rules_file = generate(sets, rules_options)
-    return Built(sets=sets, rules_file=rules_file, text=render(rules_file))
+    return Built(sets=sets, rules_file=rules_file, text=render(rules_file), watched=watched)
 
 
 def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:

@@ -2,18 +2,22 @@
 
 The only package that parses argv, prints and exits. Each subcommand lives in a module of its own exposing
 ``add_parser(subparsers)``, which registers the subcommand and sets ``func`` (``args -> int``) as its default.
-stdout carries only data (YAML, JSON, tables); progress, warnings and logs go to stderr.
+stdout carries only data (YAML, JSON, tables); progress, warnings and logs go to stderr. Every error is one line,
+``tor-sets: error: ...`` (a usage error: ``tor-sets SUBCOMMAND: error: ...``); ``-v`` (before or after the
+subcommand) adds the traceback and never changes the exit code.
 
-Exit codes:
-    0  success (rules written or unchanged; verification passed)
-    1  a check failed (verification found misses or false alarms)
-    2  usage error (bad flags)
-    3  runtime error (engine failure, I/O)
-    4  upstream failure (fetch failed, document unusable)
-    5  a sanity guard tripped (empty or shrunk sets, too-wide networks)
-    6  validation failure (rules do not load or compile)
-    7  stale data (older than --max-age)
-    130 interrupted
+Exit codes (every subcommand):
+    0    success (rules written or unchanged; verification passed)
+    1    a check failed (verification found misses or false alarms; status: not what was deployed)
+    2    usage error, decided from the command line before anything is fetched, read or written: a bad flag or
+         value, options that contradict each other, an input file named on the command line that is missing
+         or unreadable, a malformed registry reference
+    3    runtime error (I/O, an engine, a registry, the refresh lock, the reload)
+    4    upstream failure (fetch failed, document unusable)
+    5    a safety guard tripped (empty or shrunk sets, too-wide networks, an unsafe canary or listen address)
+    6    validation failure (rules do not load or compile)
+    7    stale data (older than --max-age)
+    130  interrupted (SIGINT; a single refresh stopped by SIGTERM: 143)
 """
 
 from __future__ import annotations
@@ -21,14 +25,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from tor_sets import __version__
 from tor_sets.cli import bench, build, engines, enrich, plugin, publish, refresh, selftest, verify
 from tor_sets.cli.flags import with_flags
+from tor_sets.cli.parser import Parser
 from tor_sets.errors import TorSetsError
 
-EXIT_CODES_HELP = __doc__.split("Exit codes:", 1)[1] if __doc__ else ""
+EXIT_CODES_HELP = __doc__.split("Exit codes (every subcommand):", 1)[1] if __doc__ else ""
 
 #: every subcommand's module, in the order ``tor-sets --help`` lists them
 _SUBCOMMANDS = (build, verify, engines, bench, refresh, publish, enrich, selftest, plugin)
@@ -36,14 +42,14 @@ _SUBCOMMANDS = (build, verify, engines, bench, refresh, publish, enrich, selftes
 
 def make_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tor-sets",
         description="Falco rules from the Tor relay directory, verified on real engines.",
-        epilog="exit codes:" + EXIT_CODES_HELP,
+        epilog="exit codes (every subcommand):" + EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tor-sets {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details and show tracebacks")
+    parser.set_defaults(verbose=False)  # Parser adds -v to every parser, the subcommands' included
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _SUBCOMMANDS:
         module.add_parser(sub)
@@ -74,7 +80,7 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
+    """Run the command line; return the exit code (a usage error exits 2 through ``SystemExit``)."""
     parser = make_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)
@@ -82,10 +88,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except TorSetsError as exc:
-        if args.verbose:
-            raise
-        print(f"tor-sets: error: {with_flags(str(exc))}", file=sys.stderr)
-        return exc.exit_code
+        return _fail(with_flags(str(exc)), exc.exit_code, verbose=args.verbose)
+    except OSError as exc:  # the last safety net: an I/O error no layer translated is still one line
+        where = f" ({exc.filename})" if exc.filename is not None else ""
+        return _fail(f"{exc.strerror or exc}{where}", 3, verbose=args.verbose)
     except KeyboardInterrupt:
+        if args.verbose:
+            traceback.print_exc()
         print("tor-sets: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(message: str, code: int, *, verbose: bool) -> int:
+    """Print the error line (after the traceback under ``-v``) and return its exit code."""
+    if verbose:
+        traceback.print_exc()
+    print(f"tor-sets: error: {message}", file=sys.stderr)
+    return code

@@ -8,11 +8,14 @@ import logging
 import shlex
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from tor_sets.cli import types
+from tor_sets.cli.verify import skip_reason
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
-from tor_sets.engines import Engine, FalcoEngine, FalcoLocal, get_engine
+from tor_sets.engines import ENGINES, Engine, FalcoEngine, FalcoLocal, get_engine
 from tor_sets.errors import EngineUnavailable, UsageError
 from tor_sets.files import require_folder
 from tor_sets.onionoo import bundled_snapshot, read_snapshot
@@ -30,46 +33,59 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "capture relative to the same replay with no Tor rule. On real Falco (--engine falco-local), also the "
         "plugin rules with the tor-sets plugin loaded, against the list-based rules.",
     )
-    parser.add_argument("--input", "-i", type=Path, metavar="FILE", help="relay snapshot (default: the bundled one)")
+    parser.add_argument(
+        "--input", "-i", type=types.input_file, metavar="FILE", help="relay snapshot (default: the bundled one)"
+    )
     parser.add_argument(
         "--engine",
         action="append",
+        type=types.engine_name(),
         default=[],
         metavar="NAME",
         help="engines to measure (default: sysdig-modern, and sysdig-legacy when present)",
     )
     parser.add_argument(
         "--connections",
-        type=int,
+        type=_at_least(100),
+        metavar="N",
         default=200_000,
         help="connects + accepts in the capture for current engines (default: 200000)",
     )
     parser.add_argument(
         "--legacy-connections",
-        type=int,
+        type=_at_least(100),
+        metavar="N",
         default=10_000,
         help="capture size for the 2022 engine, whose OR chains are far slower (default: 10000)",
     )
-    parser.add_argument("--repetitions", type=int, default=3, help="runs per encoding; the median is kept")
+    parser.add_argument(
+        "--repetitions", type=types.count, default=3, metavar="N", help="runs per encoding; the median is kept"
+    )
     parser.add_argument(
         "--count-connections",
-        type=int,
+        type=types.non_negative_count,
+        metavar="N",
         default=20_000,
         help="capture size for the instruction counts on the modern engine (callgrind; needs "
         "`tor-sets engines install bench`); 0 to skip (default: 20000)",
     )
     parser.add_argument(
         "--falco-connections",
-        type=int,
+        type=_at_least(100),
+        metavar="N",
         default=20_000,
         help="real Falco: the short capture's connects and accepts (the long one has twice as many; default: 20000)",
     )
     parser.add_argument(
         "--thresholds",
-        default="2,8,16,32,64",
+        type=_ints,
+        default=[2, 8, 16, 32, 64],
+        metavar="LIST",
         help="expansion thresholds of the hybrid encodings (default: 2,8,16,32,64)",
     )
-    parser.add_argument("--lossy-budgets", default="16", help="budgets of the lossy encodings (default: 16)")
+    parser.add_argument(
+        "--lossy-budgets", type=_ints, default=[16], metavar="LIST", help="budgets of the lossy encodings (default: 16)"
+    )
     parser.add_argument(
         "--output",
         "-o",
@@ -81,14 +97,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.set_defaults(func=run)
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"{what}: expected comma-separated integers") from None
-    if any(v < 2 for v in values):
-        raise UsageError(f"{what}: values must be at least 2")
-    return values
+def _ints(text: str) -> list[int]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or not all(v.isascii() and v.isdigit() and int(v) >= 2 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, each 2 or more, got {text!r}")
+    return [int(v) for v in values]
+
+
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = types.count(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {minimum} or more, got {text!r}")
+        return value
+
+    return parse
 
 
 def _engines(names: list[str]) -> list[Engine]:
@@ -105,26 +128,19 @@ def _engines(names: list[str]) -> list[Engine]:
             extra.check()
             engines.append(extra)
         except EngineUnavailable as exc:
-            log.warning("not measuring %s: %s", name, exc)
+            log.warning("not measuring %s", skip_reason(name, exc))
     return engines
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.falco_connections < 100:
-        raise UsageError("--falco-connections needs at least 100")
-    if args.connections < 100 or args.legacy_connections < 100 or args.repetitions < 1 or args.count_connections < 0:
-        raise UsageError(
-            "--connections and --legacy-connections need at least 100, --repetitions at least 1, "
-            "--count-connections at least 0"
-        )
+    if any(issubclass(ENGINES[n], FalcoEngine) and not issubclass(ENGINES[n], FalcoLocal) for n in args.engine):
+        raise UsageError("bench measures real Falco as falco-local (callgrind runs it directly), not in a container")
     if args.output:
         require_folder(args.output)  # before the long measurements, not after
     snapshot = read_snapshot(args.input) if args.input else bundled_snapshot()
-    chosen = encodings(_ints(args.thresholds, "--thresholds"), _ints(args.lossy_budgets, "--lossy-budgets"))
+    chosen = encodings(args.thresholds, args.lossy_budgets)
     engines = _engines(args.engine)
     falcos = [e for e in engines if isinstance(e, FalcoLocal)]
-    if any(isinstance(e, FalcoEngine) and not isinstance(e, FalcoLocal) for e in engines):
-        raise UsageError("bench measures real Falco as falco-local (callgrind runs it directly), not in a container")
     engines = [e for e in engines if not isinstance(e, FalcoEngine)]
     command = "tor-sets bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] else ""
     with tempfile.TemporaryDirectory(prefix="tor-sets-bench-") as tmp:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import re
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
 from pathlib import Path
 
-from tor_sets.build import BuildOptions, Built, build, parse_networks, write_rules
+from tor_sets.build import BuildOptions, Built, build, write_rules
+from tor_sets.cli import types
+from tor_sets.cli.parser import invalid_choice
 from tor_sets.cli.progress import download_bar
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
 from tor_sets.deploy.fleet.kubernetes import MANIFEST_FORMATS, render_manifest
@@ -39,137 +38,159 @@ FORMATS = ("falco", *MANIFEST_FORMATS, "plugin-table", "falco-plugin", "2022-fil
 FOLDER_FORMAT = "2022-files"
 
 
-def parse_duration(text: str) -> timedelta:
-    """``90m``, ``6h``, ``2d``, ``1w`` or plain seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (use e.g. 30m, 6h, 2d)")
-    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match[2]]
-    return timedelta(seconds=float(match[1]) * unit)
-
-
-def _csv(choices: tuple[str, ...]) -> Callable[[str], frozenset[str]]:
-    def parse(text: str) -> frozenset[str]:
-        values = frozenset(v.strip().lower() for v in text.split(",") if v.strip())
-        unknown = values - set(choices)
-        if not values or unknown:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated subset of {','.join(choices)}")
-        return values
-
-    return parse
-
-
 def _priority(text: str) -> str:
     if text.upper() not in PRIORITIES:
-        raise argparse.ArgumentTypeError(f"priority must be one of {', '.join(p.lower() for p in PRIORITIES)}")
+        raise argparse.ArgumentTypeError(invalid_choice(text, [p.lower() for p in PRIORITIES]))
     return text.upper()
 
 
-def _address(text: str) -> IPAddress:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an IP address: {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 2:
-        raise argparse.ArgumentTypeError("expected an integer >= 2")
-    return int(text)
-
-
-def _count(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError("expected a positive integer")
-    return int(text)
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError("expected a positive number of seconds")
+def _expand_below(text: str) -> int:
+    value = types.count(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 2 or more, got {text!r}")
     return value
 
 
-def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where relay data comes from (shared with refresh and other subcommands)."""
+def _plugin_library(text: str) -> tuple[str, Path]:
+    name, sep, library = text.partition("=")
+    if not sep or not name or not library:
+        raise argparse.ArgumentTypeError(f"expected NAME=LIBRARY, got {text!r}")
+    return name, types.input_file(library)
+
+
+def add_source_arguments(parser: argparse.ArgumentParser, *, refresh: bool = False) -> None:
+    """Where relay data comes from (shared with refresh and ``plugin table``).
+
+    Args:
+        parser: the subcommand's parser.
+        refresh: for ``refresh``, which never falls back unless ``--allow-fallback`` is given: no
+            ``--no-fallback``, and ``--offline`` says that it needs ``--allow-fallback``.
+    """
     group = parser.add_argument_group("relay data")
-    group.add_argument("--input", "-i", type=Path, metavar="FILE", help="read a details document (JSON or .json.gz)")
-    group.add_argument("--url", default=DEFAULT_URL, help="Onionoo details endpoint (default: %(default)s)")
-    group.add_argument("--offline", action="store_true", help="do not fetch; use the cached download or the bundle")
-    group.add_argument("--no-fallback", action="store_true", help="fail when the live directory cannot be fetched")
+    group.add_argument(
+        "--input", "-i", type=types.input_file, metavar="FILE", help="read a details document (JSON or .json.gz)"
+    )
+    group.add_argument(
+        "--url",
+        type=types.http_url,
+        default=DEFAULT_URL,
+        help="Onionoo details endpoint, http or https (default: %(default)s)",
+    )
+    if refresh:
+        group.add_argument(
+            "--offline",
+            action="store_true",
+            help="do not fetch: deploy the cached download, else the bundled snapshot (needs --allow-fallback)",
+        )
+    else:
+        group.add_argument(
+            "--offline",
+            action="store_true",
+            help="do not fetch: use the cached download, else the bundled snapshot, with a warning",
+        )
+        group.add_argument(
+            "--no-fallback",
+            action="store_true",
+            help="fail (exit 4) when the live directory cannot be fetched, instead of falling back to the cached "
+            "download or the bundled snapshot",
+        )
     group.add_argument(
         "--max-age",
-        type=parse_duration,
+        type=types.duration,
         metavar="AGE",
         help="fail (exit 7) when the relay data is older than AGE (e.g. 6h, 2d)",
     )
-    group.add_argument("--cache-dir", type=Path, default=None, help=f"download cache (default: {default_cache_dir()})")
-    group.add_argument("--timeout", type=float, default=60.0, help="read timeout in seconds (default: 60)")
+    group.add_argument(
+        "--cache-dir", type=Path, default=None, metavar="DIR", help=f"download cache (default: {default_cache_dir()})"
+    )
+    group.add_argument(
+        "--timeout",
+        type=types.positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="read timeout: the longest wait for data (default: 60)",
+    )
     group.add_argument(
         "--deadline",
-        type=_positive_seconds,
+        type=types.positive_seconds,
         default=DEFAULT_DEADLINE,
         metavar="SECONDS",
         help=f"give up a fetch after this long in all, retries included (default: {DEFAULT_DEADLINE:g})",
     )
     group.add_argument(
         "--max-bytes",
-        type=_count,
+        type=types.count,
         default=MAX_BYTES,
         metavar="N",
         help=f"cap on the document size after every decompression layer, files included (default: {MAX_BYTES})",
     )
     group.add_argument(
         "--max-relays",
-        type=_count,
+        type=types.count,
         default=MAX_RELAYS,
         metavar="N",
         help=f"refuse a document listing more relays, fetched or read (default: {MAX_RELAYS}; the network has ~10,000)",
     )
 
 
+def add_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the relay sets hold: families, exclusions, authorities, BadExits, canaries (``plugin table`` too)."""
+    group = parser.add_argument_group("relay sets")
+    group.add_argument(
+        "--families",
+        type=types.csv_of(("ipv4", "ipv6")),
+        default=frozenset({"ipv4", "ipv6"}),
+        help="address families (default: ipv4,ipv6)",
+    )
+    group.add_argument(
+        "--exclude",
+        action="append",
+        type=types.network,
+        default=[],
+        metavar="CIDR",
+        help="remove your own range from every set (repeatable; no host bits: 10.0.0.0/8, not 10.0.0.1/8)",
+    )
+    group.add_argument("--no-authorities", action="store_true", help="do not count directory authorities as entry")
+    group.add_argument("--keep-bad-exits", action="store_true", help="keep BadExit relays in the exit set")
+    group.add_argument(
+        "--canary",
+        action="append",
+        type=types.address,
+        default=[],
+        metavar="ADDRESS",
+        help="add a documentation-range address to entry and exit (end-to-end self-tests)",
+    )
+
+
 def add_rules_arguments(parser: argparse.ArgumentParser) -> None:
-    """What the rules contain (shared with refresh and other subcommands)."""
+    """What the rules contain, the relay sets' options included (shared with refresh)."""
+    add_set_arguments(parser)
     group = parser.add_argument_group("rules")
     group.add_argument(
         "--rules",
-        type=_csv(("inbound", "outbound")),
+        type=types.csv_of(("inbound", "outbound")),
         default=frozenset({"inbound", "outbound"}),
         help="rules to write (default: inbound,outbound)",
     )
     group.add_argument(
         "--roles",
-        type=_csv(("entry", "exit", "relay")),
+        type=types.csv_of(("entry", "exit", "relay")),
         default=frozenset({"entry", "exit"}),
         help="roles to write lists for; 'relay' makes the outbound rule watch every relay",
     )
     group.add_argument(
-        "--families",
-        type=_csv(("ipv4", "ipv6")),
-        default=frozenset({"ipv4", "ipv6"}),
-        help="address families (default: ipv4,ipv6)",
-    )
-    group.add_argument(
         "--falco-version",
+        type=types.falco_version,
         default=CURRENT_FALCO,
-        help="oldest Falco the rules must load on; 0.31 or 'legacy' selects the legacy profile",
+        metavar="VERSION",
+        help=f"oldest Falco the rules must load on (default: {CURRENT_FALCO}); 0.31 or 'legacy' selects the legacy "
+        "profile",
     )
     group.add_argument("--priority", type=_priority, default="WARNING", help="rule priority (default: warning)")
     group.add_argument("--tags", default=",".join(DEFAULT_TAGS), help="comma-separated rule tags")
     group.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="remove your own range from every set (repeatable)",
-    )
-    group.add_argument(
         "--expand-below",
-        type=_positive_int,
+        type=_expand_below,
         default=DEFAULT_EXPAND_BELOW,
         metavar="N",
         help=f"write networks of fewer than N addresses as addresses (default: {DEFAULT_EXPAND_BELOW})",
@@ -180,21 +201,10 @@ def add_rules_arguments(parser: argparse.ArgumentParser) -> None:
         default="tor-sets",
         help="'2022' writes the 2022 tool's list names (tor_ipv4_entry_nodes ...)",
     )
-    group.add_argument("--no-authorities", action="store_true", help="do not count directory authorities as entry")
-    group.add_argument("--keep-bad-exits", action="store_true", help="keep BadExit relays in the exit set")
     group.add_argument("--allow-wide", action="store_true", help="allow networks wider than /16 (IPv4) or /32 (IPv6)")
-    group.add_argument(
-        "--canary",
-        action="append",
-        type=_address,
-        default=[],
-        metavar="ADDRESS",
-        help="add a documentation-range address to entry and exit (end-to-end self-tests)",
-    )
 
 
-def build_options(args: argparse.Namespace) -> BuildOptions:
-    """The BuildOptions an argument namespace asks for."""
+def _canaries(args: argparse.Namespace) -> tuple[IPAddress, ...]:
     canaries = tuple(args.canary)
     for canary in canaries:
         if not any(
@@ -203,11 +213,28 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
             if ipaddress.ip_network(n).version == canary.version
         ):
             raise UsageError(f"canary {canary} is not a documentation address (RFC 5737 / RFC 3849)")
+    return canaries
+
+
+def set_options(args: argparse.Namespace) -> BuildOptions:
+    """The BuildOptions of :func:`add_set_arguments` (the rules themselves as by default, in those families)."""
+    return BuildOptions(
+        rules=RulesOptions(families=frozenset(int(f[-1]) for f in args.families)),
+        exclude=tuple(args.exclude),
+        include_authorities=not args.no_authorities,
+        include_bad_exits=args.keep_bad_exits,
+        canaries=_canaries(args),
+    )
+
+
+def build_options(args: argparse.Namespace) -> BuildOptions:
+    """The BuildOptions an argument namespace of :func:`add_rules_arguments` asks for."""
+    sets = set_options(args)
     try:
         rules = RulesOptions(
             rules=frozenset(args.rules),
             roles=frozenset(Role(r) for r in args.roles),
-            families=frozenset(int(f[-1]) for f in args.families),
+            families=sets.rules.families,
             falco_version=args.falco_version,
             priority=args.priority,
             tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()),
@@ -219,13 +246,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
         rules.check()
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    return BuildOptions(
-        rules=rules,
-        exclude=parse_networks(args.exclude),
-        include_authorities=not args.no_authorities,
-        include_bad_exits=args.keep_bad_exits,
-        canaries=canaries,
-    )
+    return replace(sets, rules=rules)
 
 
 def obtain_from_args(args: argparse.Namespace) -> Obtained:
@@ -281,6 +302,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--validate",
         nargs="?",
         const="auto",
+        type=types.engine_name("auto"),
         metavar="ENGINE",
         help="have a real engine load the rules first (Falco: falco -V) and write nothing when it refuses them "
         "(exit 6); ENGINE: auto (the best installed for the profile: real Falco first), falco-local, falco, "
@@ -289,6 +311,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     check.add_argument(
         "--load-plugin",
         action="append",
+        type=_plugin_library,
         default=[],
         metavar="NAME=LIBRARY",
         help="with --validate: load this plugin, e.g. container=/usr/share/falco/plugins/libcontainer.so for a "
@@ -321,14 +344,7 @@ def _validate(built: Built, args: argparse.Namespace, snapshot: Snapshot, profil
     from tor_sets.engines import FalcoEngine, Plugin
     from tor_sets.verify import pick_validator, validate_text
 
-    if args.format == "plugin-table":
-        raise UsageError("--validate checks rules; --format plugin-table writes the plugin's table")
-    plugins = []
-    for spec in args.load_plugin:
-        name, sep, library = spec.partition("=")
-        if not sep or not Path(library).is_file():
-            raise UsageError(f"--load-plugin wants NAME=LIBRARY with an existing library, got {spec!r}")
-        plugins.append((name, Path(library)))
+    plugins: list[tuple[str, Path]] = args.load_plugin
     text = render_format(built, "falco-plugin", args, snapshot) if args.format == "falco-plugin" else built.text
     assert isinstance(text, str)
     if any(name == "container" for name, _ in plugins):
@@ -384,6 +400,8 @@ def run(args: argparse.Namespace) -> int:
                 "--validate checks this project's rules; verify the 2022 files with tor-sets verify --rules"
             )
     args.output = args.output or ("tor-2022" if args.format == FOLDER_FORMAT else "tor_rules.yaml")
+    if args.validate and args.format == "plugin-table":
+        raise UsageError("--validate checks rules; --format plugin-table writes the plugin's table")
     obtained = obtain_from_args(args)
     built = build(obtained.snapshot, options)
     if args.format == FOLDER_FORMAT:
@@ -399,24 +417,55 @@ def run(args: argparse.Namespace) -> int:
         changed = True
     else:
         changed = write_rules(Path(args.output), output)
-    counts = built.sets.counts()
     snapshot = obtained.snapshot
+    data = output if isinstance(output, bytes) else output.encode()
+    held, addresses = _what_the_file_holds(built, args.format, data)
     log.info(
-        "%s %s: %d bytes, %d list items (%d networks) from %d relays published %s UTC (%s)",
+        "%s %s: %d bytes, %s from %d relays published %s UTC (%s)",
         "wrote" if changed else "unchanged",
         args.output,
-        len(output if isinstance(output, bytes) else output.encode()),
-        built.list_items(),
-        built.networks(),
+        len(data),
+        held,
         len(snapshot.relays),
         f"{snapshot.relays_published:%Y-%m-%d %H:%M}",
         obtained.origin,
     )
-    log.info(
-        "entry: %d IPv4 + %d IPv6, exit: %d IPv4 + %d IPv6",
-        counts["entry_ipv4"],
-        counts["entry_ipv6"],
-        counts["exit_ipv4"],
-        counts["exit_ipv6"],
-    )
+    if addresses:
+        log.info("%s", addresses)
     return 0
+
+
+def _what_the_file_holds(built: Built, fmt: str, data: bytes) -> tuple[str, str]:
+    """What the summary line says the written file holds, and the line of its address counts (or "").
+
+    Only what the file holds is counted: the lists of the rules (their roles and families), nothing for plugin
+    rules (the addresses are in the plugin's table), the table's own records for a table.
+    """
+    if fmt == "falco-plugin":
+        return f"{len(built.rules_file.rules())} rules on the plugin's tor.* fields (no lists: see its table)", ""
+    if fmt == "plugin-table":
+        from tor_sets.plugin.table import ENTRY, EXIT, RELAY, decode
+
+        table = decode(data)
+        parts = []
+        for name, bit in (("entry", ENTRY), ("exit", EXIT), ("relay", RELAY)):
+            counts = {v: sum(1 for e in table.entries if e.roles & bit and e.address.version == v) for v in (4, 6)}
+            parts.append(_role_counts(name, {v: n for v, n in counts.items() if n}))
+        return f"a table of {len(table.entries)} addresses", ", ".join(p for p in parts if p)
+    by_role: dict[str, dict[int, int]] = {}
+    for key, number in built.watched.items():  # "entry_ipv4": 4177
+        role, family = key.split("_ipv")
+        by_role.setdefault(role, {})[int(family)] = number
+    lines = ", ".join(_role_counts(role, counts) for role, counts in by_role.items())
+    return f"{built.list_items()} list items ({built.networks()} networks)", lines
+
+
+def _role_counts(role: str, counts: dict[int, int]) -> str:
+    """``entry: 4177 IPv4 + 1921 IPv6`` (only the families given; "" for none).
+
+    >>> _role_counts("exit", {4: 1217})
+    'exit: 1217 IPv4'
+    """
+    if not counts:
+        return ""
+    return f"{role}: " + " + ".join(f"{n} IPv{v}" for v, n in sorted(counts.items()))

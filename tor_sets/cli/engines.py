@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 from tor_sets import provision as setup
+from tor_sets.cli import types
 from tor_sets.engines.paths import FALCO_SOURCE_ENV
 
 __all__ = ["add_parser", "run"]
@@ -36,23 +38,31 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     actions = parser.add_subparsers(dest="engines_command", required=True, metavar="ACTION")
     inst = actions.add_parser("install", help="set up engines (needs root; idempotent)")
+    parts = [*setup.PARTS, *setup.EXTRA_PARTS, "all"]
     inst.add_argument(
         "part",
         nargs="?",
-        choices=[*setup.PARTS, *setup.EXTRA_PARTS, "all"],
+        choices=parts,
         default="all",
-        help="what to set up (default: all = legacy, modern, docker, falco; docker includes the modern root it "
+        metavar="PART",
+        help=f"what to set up: {', '.join(parts)} (default: all = legacy, modern, docker, falco; docker includes the "
+        "modern root it "
         "imports; falco pulls falcosecurity/falco where it can, else builds Falco from source; bench adds valgrind "
         "to the modern root for instruction counts)",
     )
     inst.add_argument(
         "--falco-source",
-        type=Path,
+        type=types.folder,
         metavar="DIR",
         help=f"folder holding falco-VERSION.tar.gz, libs-VERSION.tar.gz and driver-VERSION.tar.gz to build Falco "
         f"from (default: ${FALCO_SOURCE_ENV})",
     )
-    inst.add_argument("--falco-version", metavar="VERSION", help="which Falco release (default: the newest source)")
+    inst.add_argument(
+        "--falco-version",
+        type=_release,
+        metavar="VERSION",
+        help="which Falco release, e.g. 0.44.1 (default: the newest source)",
+    )
     inst.add_argument(
         "--no-pull", action="store_true", help="do not try the official Falco image first; build from source"
     )
@@ -66,6 +76,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "whichever tor-sets run started it)",
     )
     parser.set_defaults(func=run)
+
+
+def _release(text: str) -> str:
+    """A Falco release: ``MAJOR.MINOR.PATCH``.
+
+    >>> _release("0.44.1")
+    '0.44.1'
+    """
+    if not re.fullmatch(r"\d+\.\d+\.\d+", text):
+        raise argparse.ArgumentTypeError(f"expected a Falco release such as 0.44.1, got {text!r}")
+    return text
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from tor_sets.cli import types
 from tor_sets.errors import TorSetsError, UsageError
 from tor_sets.files import open_output
 from tor_sets.onionoo import bundled_snapshot, cached_snapshot, default_cache_dir, read_snapshot
@@ -122,7 +123,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Read Falco JSON alerts (json_output, http_output or falcosidekick's webhook), add a 'tor' "
         "object with the relays behind the address to alerts of tor-sets rules, pass every other line unchanged.",
     )
-    parser.add_argument("file", nargs="?", default="-", metavar="FILE", help="alerts, one JSON per line ('-': stdin)")
+    parser.add_argument(
+        "file",
+        nargs="?",
+        type=types.input_file_or_stdin,
+        default="-",
+        metavar="FILE",
+        help="alerts, one JSON per line ('-': stdin)",
+    )
     parser.add_argument(
         "-o",
         "--output",
@@ -131,8 +139,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="where enriched alerts go (default: stdout); with --listen the file is appended to",
     )
     data = parser.add_argument_group("relay data")
-    data.add_argument("--input", "-i", type=Path, metavar="SNAPSHOT", help="a details document (JSON or .json.gz)")
-    data.add_argument("--cache-dir", type=Path, default=None, help=f"download cache (default: {default_cache_dir()})")
+    data.add_argument(
+        "--input", "-i", type=types.input_file, metavar="SNAPSHOT", help="a details document (JSON or .json.gz)"
+    )
+    data.add_argument(
+        "--cache-dir", type=Path, default=None, metavar="DIR", help=f"download cache (default: {default_cache_dir()})"
+    )
     what = parser.add_argument_group("enrichment")
     what.add_argument(
         "--rule",
@@ -158,6 +170,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     http.add_argument("--listen", type=_listen, metavar="HOST:PORT", help="serve HTTP on this address (port 0: any)")
     http.add_argument(
         "--forward",
+        type=types.http_url,
         metavar="URL",
         help="POST every alert to this URL (e.g. falcosidekick); redirects are not followed, credentials in the URL "
         "are used but never shown",
@@ -167,7 +180,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--max-body", type=_size, default=1024 * 1024, metavar="SIZE", help="largest request body (default: 1m)"
     )
     http.add_argument(
-        "--forward-timeout", type=float, default=5.0, metavar="SECONDS", help="forward timeout (default: 5)"
+        "--forward-timeout",
+        type=types.positive_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="forward timeout (default: 5)",
     )
     http.add_argument(
         "--request-timeout",
@@ -227,7 +244,8 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
 def run(args: argparse.Namespace) -> int:
     """Run ``tor-sets enrich``; return the exit code."""
     if args.forward is not None and args.listen is None:
-        raise TorSetsError("--forward needs --listen")
+        raise UsageError("--forward needs --listen")
+    settings = _server_settings(args) if args.listen is not None else None  # checked before the data is read
     snapshot = _snapshot(args)
     if args.bench:
         result = measure_speed(snapshot)
@@ -236,8 +254,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     index = RelayIndex.from_snapshot(snapshot)
     enricher = Enricher(index, rules=TOR_RULES | set(args.rule), canaries=args.canary, output_fields=args.output_fields)
-    if args.listen is not None:
-        return _serve(args, enricher)
+    if settings is not None:
+        return _serve(args, settings, enricher)
     return _enrich_file(args, enricher)
 
 
@@ -263,9 +281,9 @@ def _enrich_file(args: argparse.Namespace, enricher: Enricher) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace, enricher: Enricher) -> int:
+def _server_settings(args: argparse.Namespace) -> ServerSettings:
     host, port = args.listen
-    settings = _checked(
+    return _checked(
         ServerSettings(
             host=host,
             port=port,
@@ -277,6 +295,9 @@ def _serve(args: argparse.Namespace, enricher: Enricher) -> int:
             request_timeout=args.request_timeout,
         )
     )
+
+
+def _serve(args: argparse.Namespace, settings: ServerSettings, enricher: Enricher) -> int:
     with contextlib.ExitStack() as stack:
         write = None
         if args.output != "-":

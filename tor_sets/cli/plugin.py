@@ -5,7 +5,8 @@ Subcommands:
 * ``build [-o DIR]``: compile ``libtorsets.so`` with gcc against the Falco plugin API header; prints its path.
 * ``config [-o PATH]``: write the Falco ``config.d`` drop-in that loads the plugin (``-o -``: print it).
 * ``table [-o FILE]``: write the plugin's table (with fingerprints and nicknames) from the relay directory,
-  atomically, so that a running plugin picks it up; takes the relay-data and rules options of ``build``.
+  atomically, so that a running plugin picks it up; takes the relay-data options of ``build`` and those that
+  decide what the sets hold (``--families``, ``--exclude``, ``--canary`` ...), not the rules' own.
 * ``inspect FILE [--lookup ADDRESS]``: check a table as the plugin would and print a JSON summary.
 
 What the plugin costs an engine, against the list-based rules, is measured by the one benchmark:
@@ -15,15 +16,14 @@ What the plugin costs an engine, against the list-based rules, is measured by th
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 import logging
 import sys
 from pathlib import Path
 
 from tor_sets.build import build
-from tor_sets.cli.build import add_rules_arguments, add_source_arguments, build_options, obtain_from_args
-from tor_sets.errors import TorSetsError
+from tor_sets.cli import types
+from tor_sets.cli.build import add_set_arguments, add_source_arguments, obtain_from_args, set_options
 
 log = logging.getLogger("tor_sets")
 
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     p = commands.add_parser("build", help="compile libtorsets.so", description="Compile the plugin with gcc.")
     p.add_argument("-o", "--output", type=Path, default=Path("."), metavar="DIR", help="output folder (default: .)")
-    p.add_argument("--include", type=Path, metavar="DIR", help="folder holding plugin/plugin_api.h")
+    p.add_argument("--include", type=types.folder, metavar="DIR", help="folder holding plugin/plugin_api.h")
     p.add_argument("--cc", metavar="CC", help="C compiler (default: $CC or gcc)")
     p.set_defaults(func=_run_build)
 
@@ -59,7 +59,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--library", default=None, metavar="PATH", help="installed libtorsets.so")
     p.add_argument("--table", default=None, metavar="PATH", help="where the table is written")
-    p.add_argument("--check-interval", type=float, default=None, metavar="S", help="seconds between reload checks")
+    p.add_argument(
+        "--check-interval",
+        type=types.non_negative_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between the plugin's checks for a replaced table",
+    )
     p.set_defaults(func=_run_config)
 
     p = commands.add_parser(
@@ -68,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Write the plugin's relay table (atomically: a running plugin reloads it).",
     )
     add_source_arguments(p)
-    add_rules_arguments(p)
+    add_set_arguments(p)
     p.add_argument(
         "-o",
         "--output",
@@ -79,8 +85,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=_run_table)
 
     p = commands.add_parser("inspect", help="check a table and summarise it", description="Check a table.")
-    p.add_argument("table", type=Path, metavar="FILE")
-    p.add_argument("--lookup", action="append", default=[], metavar="ADDRESS", help="also show these addresses")
+    p.add_argument("table", type=types.input_file, metavar="FILE")
+    p.add_argument(
+        "--lookup", action="append", type=types.address, default=[], metavar="ADDRESS", help="also show these addresses"
+    )
     p.set_defaults(func=_run_inspect)
 
 
@@ -103,8 +111,6 @@ def _run_config(args: argparse.Namespace) -> int:
         falco_config,
     )
 
-    if args.check_interval is not None and args.check_interval < 0:
-        raise TorSetsError("--check-interval must not be negative")
     text = falco_config(
         library=args.library or DEFAULT_LIBRARY,
         table=args.table or DEFAULT_TABLE,
@@ -123,7 +129,7 @@ def _run_table(args: argparse.Namespace) -> int:
     from tor_sets.plugin import table_bytes
     from tor_sets.plugin.table import write_table
 
-    options = build_options(args)
+    options = set_options(args)
     obtained = obtain_from_args(args)
     built = build(obtained.snapshot, options)
     data = table_bytes(built, obtained.snapshot)
@@ -143,13 +149,9 @@ def _run_inspect(args: argparse.Namespace) -> int:
     table = decode(data)
     document: dict[str, object] = {"schema": 1, "table": str(args.table), "bytes": len(data), **summary(table)}
     lookups: dict[str, object] = {}
-    for text in args.lookup:
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            raise TorSetsError(f"not an IP address: {text!r}") from None
+    for address in args.lookup:
         entry = table.get(address)
-        lookups[text] = (
+        lookups[str(address)] = (
             None
             if entry is None
             else {"role": role_names(entry.roles), "fingerprint": entry.fingerprint, "nickname": entry.nickname}

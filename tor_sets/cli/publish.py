@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from tor_sets import __version__
+from tor_sets.cli import types
 from tor_sets.deploy.fleet import (
     RULES_MAJOR,
     PublishResult,
@@ -31,7 +32,7 @@ from tor_sets.deploy.fleet import (
     publish_plugin,
     publish_rules,
 )
-from tor_sets.errors import RuleError, TorSetsError, UsageError
+from tor_sets.errors import TorSetsError, UsageError
 from tor_sets.falco.header import read_header
 from tor_sets.files import atomic_write
 
@@ -93,12 +94,20 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("ref", metavar="oci://REGISTRY/REPO[:TAG]", help="where to push")
     what = parser.add_mutually_exclusive_group()
     what.add_argument(
-        "--rules", type=Path, default=DEFAULT_RULES, metavar="FILE", help=f"rules file (default: {DEFAULT_RULES})"
+        "--rules",
+        type=types.input_file,
+        default=DEFAULT_RULES,
+        metavar="FILE",
+        help=f"rules file (default: {DEFAULT_RULES})",
     )
     what.add_argument(
-        "--plugin", type=Path, action="append", metavar="LIB", help="plugin library, one per platform (repeat)"
+        "--plugin",
+        type=types.input_file,
+        action="append",
+        metavar="LIB",
+        help="plugin library, one per platform (repeat)",
     )
-    what.add_argument("--table", type=Path, metavar="FILE", help="the plugin's relay table")
+    what.add_argument("--table", type=types.input_file, metavar="FILE", help="the plugin's relay table")
     parser.add_argument(
         "--tag", dest="tags", action="append", default=[], metavar="TAG", help="another tag for the artifact (repeat)"
     )
@@ -208,8 +217,8 @@ def _publish_rules(args: argparse.Namespace) -> PublishResult:
     rules: Path = args.rules
     try:
         text = rules.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise RuleError(f"cannot read rules file {rules}: {exc.strerror or exc}", path=str(rules)) from exc
+    except OSError as exc:  # the default, tor_rules.yaml, is not checked by argparse: a usage error all the same
+        raise UsageError(f"cannot read rules file {rules}: {exc.strerror or exc} (name one with --rules)") from exc
     header = read_header(text)
     annotations = default_annotations(header, filename=rules.name, tool_version=__version__)
     annotations.update(dict(args.annotations))

@@ -21,7 +21,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
-from tor_sets.cli.build import add_rules_arguments, add_source_arguments, build_options, parse_duration
+from tor_sets.cli import types
+from tor_sets.cli.build import add_rules_arguments, add_source_arguments, build_options
 from tor_sets.cli.flags import with_flags
 from tor_sets.deploy.refresh import (
     VALIDATIONS,
@@ -47,9 +48,10 @@ __all__ = ["add_parser", "log_failure", "run_refresh", "run_status"]
 log = logging.getLogger("tor_sets")
 
 REFRESH_EPILOG = """\
-exit codes:
+exit codes (the table of `tor-sets --help`, as refresh meets it):
   0    the rules were updated, or nothing changed (304, same data, or older data than deployed)
-  2    usage error
+  2    usage error, before anything is fetched or written: a bad flag or value, a missing --input file, -o -,
+       --offline without --allow-fallback
   3    runtime error: lock timeout, a file cannot be written or is not a regular file (-o, --state, --lock),
        the engine or the reload failed, --reload-pid is not a Falco process
   4    upstream failure: fetch failed or the document is unusable; the rules file is left as it was
@@ -78,37 +80,9 @@ exit codes:
 """
 
 
-def _percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError("expected a percentage between 0 and 100")
-    return value / 100
-
-
-def _non_negative_int(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return int(text)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("expected a non-negative number of seconds")
-    return value
-
-
-def _period(text: str) -> timedelta:
-    period = parse_duration(text)
-    if period.total_seconds() < 1:
-        raise argparse.ArgumentTypeError("the period must be at least 1 s")
-    return period
+#: the shortest --every: Onionoo re-indexes its relays once an hour, so asking more often than once a minute only
+#: loads the server (a 304 costs one request)
+MIN_EVERY = timedelta(minutes=1)
 
 
 def _command(text: str) -> tuple[str, ...]:
@@ -142,7 +116,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="PATH",
         help="the rules file to keep fresh (a regular file, or a link to one)",
     )
-    add_source_arguments(parser)
+    add_source_arguments(parser, refresh=True)
     fetching = parser.add_argument_group("fetching")
     fetching.add_argument(
         "--allow-fallback",
@@ -150,10 +124,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="when the live fetch fails, use the cached download, else the bundled snapshot (default: fail)",
     )
     fetching.add_argument(
-        "--retries", type=_non_negative_int, default=3, metavar="N", help="retries per fetch (default: 3)"
+        "--retries", type=types.non_negative_count, default=3, metavar="N", help="retries per fetch (default: 3)"
     )
     fetching.add_argument(
-        "--backoff", type=_seconds, default=1.0, metavar="SECONDS", help="backoff factor between retries (default: 1)"
+        "--backoff",
+        type=types.non_negative_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="backoff factor between retries (default: 1)",
     )
     add_rules_arguments(parser)
     checks = parser.add_argument_group("checks")
@@ -164,17 +142,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="yaml: the file loads and every rule expands; engine: also each condition loads in a real engine; "
         "auto (default): engine when one is installed, else yaml",
     )
-    checks.add_argument("--engine", metavar="NAME", help="engine for --validate engine (default: the best present)")
+    checks.add_argument(
+        "--engine",
+        type=types.engine_name(),
+        metavar="NAME",
+        help="engine for --validate engine (default: the best present)",
+    )
     checks.add_argument(
         "--min-relays",
-        type=_non_negative_int,
+        type=types.non_negative_count,
         default=Guards().min_relays,
         metavar="N",
         help=f"refuse data with fewer running relays (default: {Guards().min_relays}; the network has ~9,500)",
     )
     checks.add_argument(
         "--max-drop",
-        type=_percent,
+        type=types.percent,
         default=Guards().max_drop,
         metavar="PERCENT",
         help="refuse data whose relay count or entry/exit address count (per IP version) fell by more than this "
@@ -184,7 +167,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     reload = deploy.add_mutually_exclusive_group()
     reload.add_argument(
         "--reload-pid",
-        type=int,
+        type=types.pid,
         metavar="PID",
         help="send SIGHUP to this Falco process (refused unless its name is falco; checked before each signal)",
     )
@@ -204,16 +187,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     deploy.add_argument(
         "--lock-timeout",
-        type=_seconds,
+        type=types.non_negative_seconds,
         default=60.0,
         metavar="SECONDS",
         help="wait this long for another refresh of the same PATH (default: 60)",
     )
     deploy.add_argument(
         "--every",
-        type=_period,
+        type=types.period(MIN_EVERY),
         metavar="PERIOD",
-        help="keep running: refresh every PERIOD (e.g. 30m) with ±10%% jitter until SIGTERM/SIGINT",
+        help="keep running: refresh every PERIOD (e.g. 30m; at least 1m, Onionoo re-indexes hourly) with ±10%% "
+        "jitter until SIGTERM/SIGINT",
     )
     parser.set_defaults(func=run_refresh)
 
@@ -226,7 +210,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     stat.add_argument("rules", type=Path, metavar="PATH", help="the rules file")
     stat.add_argument("--state", type=Path, metavar="FILE", help="state file (default: PATH.state.json)")
-    stat.add_argument("--max-age", type=parse_duration, metavar="AGE", help="exit 7 when the data is older than AGE")
+    stat.add_argument("--max-age", type=types.duration, metavar="AGE", help="exit 7 when the data is older than AGE")
     stat.add_argument("--json", action="store_true", help="print one JSON document")
     stat.set_defaults(func=run_status)
 
@@ -242,8 +226,6 @@ def refresh_options(args: argparse.Namespace) -> RefreshOptions:
         _usage("-o - is not possible: refresh replaces a file")
     if args.offline and not args.allow_fallback:
         _usage("--offline needs --allow-fallback (it deploys the cached download or the bundled snapshot)")
-    if args.no_fallback and args.allow_fallback:
-        _usage("--no-fallback and --allow-fallback contradict each other")
     if args.engine and args.validate not in ("engine", "auto"):
         _usage("--engine goes with --validate engine")
     settings = FetchSettings(

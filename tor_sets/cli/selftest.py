@@ -21,7 +21,8 @@ import logging
 import sys
 from pathlib import Path
 
-from tor_sets.errors import SanityError, UsageError
+from tor_sets.cli import types
+from tor_sets.errors import UsageError
 from tor_sets.runtime.selftest import (
     CASES,
     DEFAULT_CANARY,
@@ -102,7 +103,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "come out of an enrich endpoint enriched (root; `tor-sets engines install falco` first)",
     )
     live.add_argument("--plugin", action="store_true", help="with --live: the same with the plugin and a table swap")
-    live.add_argument("--input", "-i", type=Path, metavar="FILE", help="with --live: relay data (default: bundled)")
+    live.add_argument(
+        "--input", "-i", type=types.input_file, metavar="FILE", help="with --live: relay data (default: bundled)"
+    )
     live.add_argument("--keep", type=Path, metavar="DIR", help="with --live: keep Falco's config, rules, log in DIR")
     parser.add_argument(
         "--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="wait this long for alerts (default: 30)"
@@ -113,11 +116,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     sim = parser.add_argument_group("without a live Falco")
     sim.add_argument(
         "--simulate",
-        type=Path,
+        type=types.input_file,
         metavar="RULES",
         help="replay the connections through a real engine with these rules and deliver its alerts to the sink",
     )
-    sim.add_argument("--engine", default=None, help="engine for --simulate (default: the best one present)")
+    sim.add_argument(
+        "--engine",
+        type=types.engine_name(),
+        default=None,
+        metavar="NAME",
+        help="engine for --simulate (default: the best one present)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -130,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag} only goes with --live")
     if args.canary is None or args.sink is None:
         raise UsageError("--canary and --sink are required (or use --live)")
+    if args.engine is not None and args.simulate is None:
+        raise UsageError("--engine only goes with --simulate")
     sink = open_sink(args.sink)
     on_connected = None
     engine_name = None
@@ -153,8 +164,6 @@ def run(args: argparse.Namespace) -> int:
             )
             sink.deliver(lines)
 
-    elif args.engine is not None:
-        raise SanityError("--engine only goes with --simulate")
     report = run_selftest(
         args.canary,
         sink,

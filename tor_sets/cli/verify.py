@@ -10,10 +10,12 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from tor_sets.build import BuildOptions, build, parse_networks, relay_sets
+from tor_sets.build import BuildOptions, build, relay_sets
+from tor_sets.cli import types
+from tor_sets.cli.parser import invalid_choice
 from tor_sets.engines import ENGINES, PREFERENCE, Engine, Plugin, auto, get_engine
 from tor_sets.engines.base import RULE_MATCHING
-from tor_sets.errors import EngineUnavailable, UsageError
+from tor_sets.errors import EngineError, EngineUnavailable, UsageError
 from tor_sets.falco.load import load_rules
 from tor_sets.falco.model import CURRENT_FALCO
 from tor_sets.onionoo import bundled_snapshot, read_snapshot
@@ -35,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument(
         "--rules",
-        type=Path,
+        type=types.input_file,
         action="append",
         default=[],
         metavar="FILE",
@@ -43,33 +45,45 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "repeatable, loaded in order like Falco's rules files",
     )
     parser.add_argument(
-        "--input", "-i", type=Path, metavar="FILE", help="relay snapshot that is the truth (default: the bundled one)"
+        "--input",
+        "-i",
+        type=types.input_file,
+        metavar="FILE",
+        help="relay snapshot that is the truth (default: the bundled one)",
     )
     parser.add_argument(
         "--engine",
         action="append",
+        type=types.engine_name("auto", "all"),
         default=[],
         metavar="NAME",
         help=f"auto (default), all, or one of {', '.join(PREFERENCE)}; repeatable",
     )
-    parser.add_argument("--size", type=int, default=1200, help="about how many connections (default: 1200)")
-    parser.add_argument("--seed", type=int, default=1, help="sampling seed (default: 1)")
+    parser.add_argument(
+        "--size", type=_size, default=1200, metavar="N", help="about how many connections, 10 or more (default: 1200)"
+    )
+    parser.add_argument(
+        "--seed", type=types.non_negative_count, default=1, metavar="N", help="sampling seed (default: 1)"
+    )
     parser.add_argument(
         "--exclude",
         action="append",
+        type=types.network,
         default=[],
         metavar="CIDR",
         help="your own ranges: removed from built rules, and relays inside must not alert",
     )
     parser.add_argument(
         "--falco-version",
+        type=types.falco_version,
         default=CURRENT_FALCO,
+        metavar="VERSION",
         help=f"profile of the built rules for current engines (default: {CURRENT_FALCO})",
     )
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the rules files and capture in DIR")
     parser.add_argument(
         "--before",
-        type=Path,
+        type=types.input_file,
         action="append",
         default=[],
         metavar="FILE",
@@ -100,10 +114,27 @@ def _plugin(text: str) -> Plugin:
     name, sep, library = text.partition("=")
     if not sep or not name or not library:
         raise argparse.ArgumentTypeError(f"expected NAME=LIBRARY, got {text!r}")
-    path = Path(library)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"no plugin library at {library}")
-    return Plugin(name, path)
+    return Plugin(name, types.input_file(library))
+
+
+def _size(text: str) -> int:
+    value = types.count(text)
+    if value < 10:
+        raise argparse.ArgumentTypeError(f"expected 10 or more connections, got {text!r}")
+    return value
+
+
+def skip_reason(name: str, exc: EngineError) -> str:
+    """``NAME: REASON`` for an engine that could not be used, its name said once (the engines' messages start with
+    it: ``falco: image tor-sets/falco:0.44.1 not present; run ...``).
+
+    >>> skip_reason("falco", EngineUnavailable("falco: image tor-sets/falco:0.44.1 not present"))
+    'falco: image tor-sets/falco:0.44.1 not present'
+    >>> skip_reason("falco-local", EngineUnavailable("cannot read the engine cache /c: Permission denied"))
+    'falco-local: cannot read the engine cache /c: Permission denied'
+    """
+    reason = str(exc)
+    return reason if reason.startswith(f"{name}: ") else f"{name}: {reason}"
 
 
 def select_engines(names: list[str]) -> tuple[list[Engine], list[str]]:
@@ -120,7 +151,7 @@ def select_engines(names: list[str]) -> tuple[list[Engine], list[str]]:
                 try:
                     engine.check()
                 except EngineUnavailable as exc:
-                    skipped.append(f"{candidate}: {exc}")
+                    skipped.append(skip_reason(candidate, exc))
                     continue
                 engines.append(engine)
         elif name in ENGINES:
@@ -128,7 +159,7 @@ def select_engines(names: list[str]) -> tuple[list[Engine], list[str]]:
             engine.check()
             engines.append(engine)
         else:
-            raise UsageError(f"unknown engine {name!r} (auto, all, {', '.join(PREFERENCE)})")
+            raise UsageError(invalid_choice(name, ["auto", "all", *PREFERENCE]))
     if not engines:
         raise EngineUnavailable("no engine available: " + "; ".join(skipped) + " (run `tor-sets engines install`)")
     unique = {e.name: e for e in engines}
@@ -164,10 +195,8 @@ def _with_table(plugins: list[Plugin], snapshot: Snapshot, options: BuildOptions
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.size < 10:
-        raise UsageError("--size must be at least 10")
     snapshot = read_snapshot(args.input) if args.input else bundled_snapshot()
-    exclude = parse_networks(args.exclude)
+    exclude = tuple(args.exclude)
     options = BuildOptions(exclude=exclude)
     options = replace(options, rules=replace(options.rules, falco_version=args.falco_version))
     truth = relay_sets(snapshot, BuildOptions())

@@ -408,7 +408,10 @@ class FalcoLocal(FalcoEngine):
         Raises:
             EngineUnavailable: none in the cache.
         """
-        found = falco_installed(self.falco_version)
+        try:
+            found = falco_installed(self.falco_version)
+        except EngineUnavailable as exc:
+            raise EngineUnavailable(f"{self.name}: {exc}", engine=self.name) from exc
         if found is None:
             wanted = f"Falco {self.falco_version}" if self.falco_version else "Falco"
             raise EngineUnavailable(f"{self.name}: {wanted} is not installed; {_INSTALL_HINT}", engine=self.name)
@@ -477,7 +480,10 @@ class FalcoContainer(FalcoEngine):
         """The image this engine runs."""
         if self.falco_version:
             return f"{FALCO_IMAGE_REPO}:{self.falco_version}"
-        installed = falco_installed()
+        try:
+            installed = falco_installed()
+        except EngineUnavailable:  # another user's cache: the image of the default release may still be there
+            installed = None
         return f"{FALCO_IMAGE_REPO}:{installed.version if installed else DEFAULT_FALCO_VERSION}"
 
     def check(self) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tor_sets.errors import EngineUnavailable
+
 __all__ = [
     "DEFAULT_FALCO_VERSION",
     "FALCO_IMAGE_REPO",
@@ -133,15 +135,22 @@ class FalcoInstall:
 
 
 def falco_installed(version: str | None = None) -> FalcoInstall | None:
-    """The Falco runtime root of ``version`` in the cache (default: the newest there), or None."""
+    """The Falco runtime root of ``version`` in the cache (default: the newest there), or None.
+
+    Raises:
+        EngineUnavailable: the cache cannot be read (another user's, e.g. root's, as a non-root user).
+    """
     base = falco_dir()
-    if version is not None:
-        candidates = [base / version]
-    else:
-        found = [p for p in base.glob("*") if re.fullmatch(r"\d+\.\d+\.\d+", p.name)] if base.is_dir() else []
-        candidates = sorted(found, key=lambda p: tuple(int(x) for x in p.name.split(".")), reverse=True)
-    for home in candidates:
-        install = FalcoInstall(home, home / "runtime")
-        if install.binary.is_file() and install.manifest:
-            return install
+    try:
+        if version is not None:
+            candidates = [base / version]
+        else:
+            found = [p for p in base.glob("*") if re.fullmatch(r"\d+\.\d+\.\d+", p.name)] if base.is_dir() else []
+            candidates = sorted(found, key=lambda p: tuple(int(x) for x in p.name.split(".")), reverse=True)
+        for home in candidates:
+            install = FalcoInstall(home, home / "runtime")
+            if install.binary.is_file() and install.manifest:
+                return install
+    except OSError as exc:  # EACCES: Path.is_dir() and is_file() only swallow "not there"
+        raise EngineUnavailable(f"cannot read the engine cache {base}: {exc.strerror or exc}") from exc
     return None

@@ -105,6 +105,10 @@ def run_process(
                 env=None if env is None else dict(env),
                 pass_fds=(write_fd,),
             )
+        except OSError as exc:  # the reaper (this Python) cannot be started: the engine cannot run either
+            raise EngineUnavailable(
+                f"{engine}: cannot start {sys.executable} to run {argv[0]}: {exc.strerror or exc}", engine=engine
+            ) from exc
         finally:
             os.close(write_fd)
         try:

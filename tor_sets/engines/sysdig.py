@@ -392,7 +392,13 @@ class SysdigModern(SysdigEngine):
 
     def check(self) -> None:
         """Raises EngineUnavailable when the root is missing, we are not root, or there is no ``chroot``."""
-        if not (self.root / SYSDIG_INSIDE.lstrip("/")).exists():
+        try:
+            present = (self.root / SYSDIG_INSIDE.lstrip("/")).exists()
+        except OSError as exc:  # EACCES: another user's cache (root's, read as a non-root user)
+            raise EngineUnavailable(
+                f"{self.name}: cannot read the engine root {self.root}: {exc.strerror or exc}", engine=self.name
+            ) from exc
+        if not present:
             raise EngineUnavailable(
                 f"{self.name}: no engine root at {self.root}; run `tor-sets engines install modern` as root",
                 engine=self.name,

@@ -157,6 +157,20 @@ class RulesOptions:
     def outbound_role(self) -> Role:
         return Role.RELAY if Role.RELAY in self.roles else Role.ENTRY
 
+    @property
+    def watched_roles(self) -> tuple[Role, ...]:
+        """The roles the rules read, in the order their macros are written: the outbound rule's, then exit.
+
+        >>> RulesOptions(rules=frozenset({"outbound"})).watched_roles
+        (<Role.ENTRY: 'entry'>,)
+        """
+        wanted = []
+        if "outbound" in self.rules:
+            wanted.append(self.outbound_role)
+        if "inbound" in self.rules:
+            wanted.append(Role.EXIT)
+        return tuple(wanted)
+
     def check(self) -> None:
         """Raise ValueError on options that contradict each other."""
         if not self.rules or not self.rules <= {"inbound", "outbound"}:
@@ -274,11 +288,7 @@ def generate(sets: RelaySets, options: RulesOptions | None = None) -> RulesFile:
     """
     options = options or RulesOptions()
     options.check()
-    wanted_roles = []
-    if "outbound" in options.rules:
-        wanted_roles.append(options.outbound_role)
-    if "inbound" in options.rules:
-        wanted_roles.append(Role.EXIT)
+    wanted_roles = options.watched_roles
     # a cell no rule reads (exit-only relays without the inbound rule ...) is left out: Falco warns about a list
     # nothing reads (LOAD_UNUSED_LIST)
     cells = [cell for cell in _cells(sets, options) if cell.roles & set(wanted_roles)]

@@ -519,10 +519,18 @@ def test_cli_errors_are_one_line(
     assert expected.format(closed=closed) in lines[0]
 
 
-def test_cli_missing_rules_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = _main(["publish", "oci://127.0.0.1:1/tor-rules", "--rules", str(tmp_path / "none.yaml")])
-    assert code == 6
-    assert capsys.readouterr().err.startswith("tor-sets: error: cannot read rules file")
+def test_cli_missing_rules_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # named on the command line: a usage error, found by argparse before anything else
+    with pytest.raises(SystemExit) as caught:
+        _main(["publish", "oci://127.0.0.1:1/tor-rules", "--rules", str(tmp_path / "none.yaml")])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.startswith("tor-sets publish: error: argument --rules: cannot read")
+    # the default, tor_rules.yaml, missing: the same code
+    monkeypatch.chdir(tmp_path)
+    assert _main(["publish", "oci://127.0.0.1:1/tor-rules"]) == 2
+    assert capsys.readouterr().err.startswith("tor-sets: error: cannot read rules file tor_rules.yaml")
 
 
 # --- bearer tokens, as most hosted registries hand them out ----------------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import DATA
 from tests.support.engines import engine_or_skip
 from tests.support.falco import container_double
+from tests.support.scap_reader import connections
 from tor_sets.build import BuildOptions, build
 from tor_sets.cli import main
 from tor_sets.engines import ENGINES
@@ -207,3 +208,37 @@ def test_excluded_ranges_do_not_alert(judge_engine, bundled, tmp_path):
     verdict, scenario = run_verify(path, sets, judge_engine, exclude=exclude)
     assert any("inside excluded range" in lab.label for lab in scenario.connections)
     assert verdict.ok
+
+
+def test_keep_keeps_the_rules_and_the_capture(tmp_path, capsys):
+    """``verify --keep DIR`` (issue 14.6): the rules built and, per engine, the capture replayed stay in DIR."""
+    engine_or_skip("falco-local")
+    keep = tmp_path / "kept"
+    assert main(["verify", "--engine", "falco-local", "--size", "50", "--keep", str(keep)]) == 0
+    capsys.readouterr()
+    capture = keep / "falco-local" / "scenario.scap"
+    assert (keep / "tor_rules.yaml").read_text().startswith("# Tor relay rules for Falco")
+    assert capture.stat().st_size > 0
+    assert len(list(connections(capture))) >= 50  # the labelled connections, readable from the kept file
+
+
+def test_all_names_each_skipped_engine_once(tmp_path, monkeypatch, capsys):
+    """``verify --engine all`` with the engines really unavailable (empty cache, no docker client on PATH) but the
+    host's sysdig (issue 14.8): one line per skipped engine, its name once, no Python in it."""
+    engine_or_skip("sysdig-legacy")
+    root = tmp_path / "no-root"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("TOR_SETS_ENGINE_ROOT", str(root))
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert main(["verify", "--engine", "all", "--size", "20", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [v["engine"] for v in json.loads(captured.out)["verdicts"]] == ["sysdig-legacy"]
+    skipped = [line for line in captured.err.splitlines() if line.startswith("tor-sets: skipped ")]
+    assert skipped == [
+        "tor-sets: skipped falco-local: Falco is not installed; run `tor-sets engines install falco` as root",
+        "tor-sets: skipped falco: the docker client is missing; run `tor-sets engines install docker` as root",
+        f"tor-sets: skipped sysdig-modern: no engine root at {root}; run `tor-sets engines install modern` as root",
+        "tor-sets: skipped sysdig-modern-docker: the docker client is missing; run `tor-sets engines install docker` "
+        "as root",
+    ]

@@ -118,3 +118,93 @@ def test_2022_files_are_the_old_tools_four_files_from_the_same_relays(tmp_path, 
     assert main(["build", "--offline", "--format", "2022-files", "-o", str(tmp_path / "file")]) == 2
     assert (tmp_path / "file").read_text() == "x"
     assert "is not one" in capsys.readouterr().err
+
+
+# --- issue 14.7: the summary line and the `# addresses:` header count only what the file holds --------------------
+
+_ROLE_OF_MACRO = {"tor_entry_relay_server": "entry", "tor_exit_relay_client": "exit", "tor_relay_server": "relay"}
+
+
+def held_by_the_file(items: list[dict]) -> dict[str, int]:
+    """Addresses per role and family, counted from the file's own lists: those each role macro reads (an address
+    item counts one, a network its size; every address is in one list of a macro)."""
+    import ipaddress
+    import re
+
+    lists = {i["list"]: i["items"] for i in items if "list" in i}
+    counts: dict[str, int] = {}
+    for item in items:
+        role = _ROLE_OF_MACRO.get(item.get("macro", ""))
+        if role is None:
+            continue
+        for name in re.findall(r"\b\w+\b", item["condition"]):
+            for value in lists.get(name, []):
+                network = ipaddress.ip_network(value)
+                key = f"{role}_ipv{network.version}"
+                counts[key] = counts.get(key, 0) + network.num_addresses
+    return counts
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["--families", "ipv4"],
+        ["--families", "ipv6"],
+        ["--rules", "outbound"],
+        ["--rules", "inbound"],
+        ["--roles", "entry,exit,relay"],
+        ["--rules", "outbound", "--roles", "relay"],
+        ["--list-names", "2022", "--families", "ipv4"],
+        ["--falco-version", "0.31", "--rules", "inbound"],
+    ],
+)
+def test_the_summary_and_the_header_count_what_the_file_holds(options, tmp_path, capsys):
+    out = tmp_path / "tor_rules.yaml"
+    assert main(["build", "--offline", *options, "-o", str(out)]) == 0
+    text = out.read_text()
+    items = yaml.safe_load(text)
+    held = held_by_the_file(items)
+    # the header, e.g. "# addresses: entry_ipv4 4177, exit_ipv4 1217"
+    (header,) = [line for line in text.splitlines() if line.startswith("# addresses: ")]
+    assert header == "# addresses: " + ", ".join(f"{k} {held[k]}" for k in sorted(held, key=_role_order))
+    # the summary: list items and networks of the lists written, then the addresses per role and family
+    err = capsys.readouterr().err.splitlines()
+    lists = [i["items"] for i in items if "list" in i]
+    networks = sum(1 for values in lists for v in values if "/" in v)
+    assert f"bytes, {sum(map(len, lists))} list items ({networks} networks) from 9491 relays" in err[-2]
+    by_role: dict[str, list[str]] = {}
+    for key in sorted(held, key=_role_order):
+        role, family = key.split("_ipv")
+        by_role.setdefault(role, []).append(f"{held[key]} IPv{family}")
+    assert err[-1] == "tor-sets: " + ", ".join(f"{role}: {' + '.join(parts)}" for role, parts in by_role.items())
+    if "--families" in options:
+        other = "ipv6" if "ipv4" in options else "ipv4"
+        assert other not in header and f"IPv{other[-1]}" not in err[-1]
+
+
+def _role_order(key: str) -> tuple[int, str]:
+    return (["entry", "exit", "relay"].index(key.split("_")[0]), key)
+
+
+def test_plugin_rules_and_the_table_count_what_they_hold(tmp_path, capsys):
+    from tor_sets.plugin.table import decode
+
+    rules = tmp_path / "tor_plugin_rules.yaml"
+    assert main(["build", "--offline", "--format", "falco-plugin", "-o", str(rules)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    items = yaml.safe_load(rules.read_text())
+    assert not [i for i in items if "list" in i] and "# addresses:" not in rules.read_text()
+    count = sum(1 for i in items if "rule" in i)
+    assert f"bytes, {count} rules on the plugin's tor.* fields (no lists: see its table) from 9491 relays" in err[-1]
+    assert "list items" not in "".join(err)
+
+    table_path = tmp_path / "tor.table"
+    assert main(["build", "--offline", "--format", "plugin-table", "--families", "ipv6", "-o", str(table_path)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    table = decode(table_path.read_bytes())
+    assert f"bytes, a table of {len(table.entries)} addresses from 9491 relays" in err[-2]
+    assert all(e.address.version == 6 for e in table.entries)
+    entry = sum(1 for e in table.entries if e.roles & 1)
+    exit_ = sum(1 for e in table.entries if e.roles & 2)
+    assert err[-1] == f"tor-sets: entry: {entry} IPv6, exit: {exit_} IPv6, relay: {len(table.entries)} IPv6"

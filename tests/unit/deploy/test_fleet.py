@@ -890,13 +890,23 @@ def test_cli_arguments() -> None:
         (["--version", "1.2.3", "--major", "1"], "contradict"),
     ],
 )
-def test_cli_refuses_options_that_do_not_apply(argv: list[str], message: str) -> None:
+def test_cli_refuses_options_that_do_not_apply(
+    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the files named exist (argparse checks that): what is refused is the option
+    for name in ("libtorsets.so", "tor.table"):
+        (tmp_path / name).write_bytes(b"")
     args = _parse(["publish", "127.0.0.1:1/tor", *argv])
     with pytest.raises(UsageError, match=message):
         publish_cli.run(args)  # refused before any file is read or any connection made
 
 
-def test_cli_what_to_push_is_one_of_three(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_what_to_push_is_one_of_three(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.so", "b.so", "t"):
+        (tmp_path / name).write_bytes(b"")
     assert _parse(["publish", "r.example.com/tor", "--plugin", "a.so", "--plugin", "b.so"]).plugin == [
         Path("a.so"),
         Path("b.so"),
@@ -1060,15 +1070,17 @@ def test_falcoctl_plugin_values_install_three_artifacts_and_follow_the_table() -
     }
 
 
-def test_cronjob_table_example_publishes_the_table() -> None:
+def test_cronjob_table_example_publishes_the_table(tmp_path: Path) -> None:
     (cronjob,) = [d for n, d in _example_documents() if n == "cronjob-table.yaml"]
     pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]  # type: ignore[index]
     assert pod["initContainers"][0]["args"][:2] == ["plugin", "table"]
     assert "--no-fallback" in pod["initContainers"][0]["args"]
     publish_args = pod["containers"][0]["args"]
     assert publish_args[0] == "publish" and publish_args[2:] == ["--table", "/data/tor.table"]
-    args = _parse(publish_args)
-    assert args.table == Path("/data/tor.table") and not args.plugin
+    table = tmp_path / "tor.table"  # the pod's /data/tor.table, which the init container wrote (argparse checks it)
+    table.write_bytes(b"")
+    args = _parse([*publish_args[:3], str(table)])
+    assert args.table == table and not args.plugin
 
 
 def test_fleet_doc_shows_the_index_entry_publish_writes() -> None:

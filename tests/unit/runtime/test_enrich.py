@@ -490,9 +490,11 @@ def test_cli_without_input_uses_the_bundled_snapshot(tmp_path, monkeypatch, caps
 
 
 def test_cli_errors(tmp_path, snapshot_file, capsys) -> None:
-    assert main(["enrich", str(tmp_path / "missing.json"), "--input", str(snapshot_file)]) == 3
-    assert "tor-sets: error: cannot read" in capsys.readouterr().err
-    assert main(["enrich", "--forward", "http://127.0.0.1:1/", "--input", str(snapshot_file)]) == 3
+    with pytest.raises(SystemExit) as exc:  # a missing input file is a usage error, checked before anything is read
+        main(["enrich", str(tmp_path / "missing.json"), "--input", str(snapshot_file)])
+    assert exc.value.code == 2
+    assert "tor-sets enrich: error: argument FILE: cannot read" in capsys.readouterr().err
+    assert main(["enrich", "--forward", "http://127.0.0.1:1/", "--input", str(snapshot_file)]) == 2
     assert "--forward needs --listen" in capsys.readouterr().err
     assert main(["enrich", "--listen", "0.0.0.0:0", "--input", str(snapshot_file)]) == 5
     assert "non-loopback" in capsys.readouterr().err
@@ -501,6 +503,7 @@ def test_cli_errors(tmp_path, snapshot_file, capsys) -> None:
         ["--listen", "127.0.0.1:0", "--max-connections", "\u00b2"],
         ["--listen", "127.0.0.1:0", "--request-timeout", "0"],
         ["--listen", "127.0.0.1:0", "--max-body", "\u00b2k"],
+        ["--listen", "127.0.0.1:0", "--forward-timeout", "-1"],
     ):
         with pytest.raises(SystemExit) as exc:
             main(["enrich", *usage])
@@ -508,11 +511,17 @@ def test_cli_errors(tmp_path, snapshot_file, capsys) -> None:
 
 
 def test_cli_errors_name_the_flags(snapshot_file, capsys) -> None:
-    # the library names ServerSettings fields (forward, allow_remote); the command line names its flags
+    # a refused --forward is a usage error, shown without its credentials
     argv = ["enrich", "--listen", "127.0.0.1:0", "--forward", "ftp://tor-sets:s3cret@127.0.0.1/forward"]
-    assert main([*argv, "--input", str(snapshot_file)]) == 3
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--input", str(snapshot_file)])
+    assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "tor-sets: error: --forward must be an http:// or https:// URL, got 'ftp://***@127.0.0.1/forward'" in err
+    assert err == (
+        "tor-sets enrich: error: argument --forward: expected an http:// or https:// URL, "
+        "got 'ftp://***@127.0.0.1/forward'\n"
+    )
+    # the library names ServerSettings fields (allow_remote); the command line names its flags
     assert main(["enrich", "--listen", "0.0.0.0:0", "--input", str(snapshot_file)]) == 5
     assert "non-loopback address 0.0.0.0 (--allow-remote is off)" in capsys.readouterr().err
 

@@ -1,7 +1,12 @@
 """The lock that keeps two refreshes of one rules file from interleaving.
 
-Exports :func:`lock_path` (where the lock of a rules file lives) and :func:`hold_lock` (``fcntl.flock`` with a
-deadline; the holder's pid in the file so that a waiter can name it).
+Exports :func:`lock_path` (where the lock of a rules file lives), :func:`hold_lock` (``fcntl.flock`` with a
+deadline) and :func:`flock_holders` (who holds a flock, from ``/proc/locks``).
+
+A waiter names the process that holds the lock. The kernel knows it: ``/proc/locks`` lists every lock with its
+holder's pid and the locked file's device and inode. The pid a holder writes into the file is only a fallback
+where ``/proc/locks`` cannot be read, and only while that process lives: a finished refresh leaves its pid
+behind, and the lock may be held by a process that writes none.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from tor_sets.deploy.refresh.state import state_dir, state_stem
 from tor_sets.errors import TorSetsError
 from tor_sets.files import require_regular
 
-__all__ = ["hold_lock", "lock_path"]
+__all__ = ["flock_holders", "hold_lock", "lock_path"]
+
+#: the kernel's table of file locks (proc(5))
+PROC_LOCKS = Path("/proc/locks")
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +86,56 @@ def hold_lock(path: Path, timeout: float) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def flock_holders(proc_locks: str, device: int, inode: int) -> list[int]:
+    """The pids holding a ``flock`` on the file of ``device`` and ``inode``, from the text of ``/proc/locks``.
+
+    Waiters (``->`` lines) and POSIX or OFD locks are left out. A pid of 0 or -1 is a holder this process cannot
+    see (another pid namespace, or an owner gone while its descriptor lives on in a child).
+
+    >>> text = ("1: FLOCK  ADVISORY  WRITE 4242 08:02:131090 0 EOF\\n"
+    ...         "1: -> FLOCK  ADVISORY  WRITE 4343 08:02:131090 0 EOF\\n"
+    ...         "2: POSIX  ADVISORY  WRITE 4444 08:02:131090 0 EOF\\n")
+    >>> flock_holders(text, os.makedev(8, 2), 131090), flock_holders(text, os.makedev(8, 3), 131090)
+    ([4242], [])
+    """
+    wanted = f"{os.major(device):02x}:{os.minor(device):02x}:{inode}"
+    holders = []
+    for line in proc_locks.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 4242 08:02:131090 0 EOF" (device major:minor in hex, inode in decimal)
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == wanted:
+            with contextlib.suppress(ValueError):
+                holders.append(int(fields[4]))
+    return holders
+
+
 def _lock_holder(fd: int) -> str:
+    """`` (pid N)`` for the process holding the flock on ``fd``'s file, or "" when it cannot be told."""
+    status = os.fstat(fd)
+    try:
+        holders: list[int] | None = flock_holders(
+            PROC_LOCKS.read_text(encoding="ascii", errors="replace"), status.st_dev, status.st_ino
+        )
+    except OSError:
+        holders = None  # no /proc here: the pid in the file, if that process lives
+    if holders is not None:  # the kernel's word; none visible: a holder in another pid namespace, or just gone
+        visible = [pid for pid in holders if pid > 0]
+        return f" (pid {visible[0]})" if visible else ""
     with contextlib.suppress(OSError, ValueError):
         text = os.pread(fd, 32, 0).decode().strip()
-        if text.isdigit():
+        if text.isdigit() and _alive(int(text)):
             return f" (pid {text})"
     return ""
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (signal 0 checks without signalling)."""
+    if pid < 1:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: it exists
+        return True
+    return True

@@ -117,10 +117,10 @@ class ServerSettings:
         """Check the settings before anything is bound. Messages name the field at fault (``forward``, ...).
 
         Raises:
-            UsageError: a host that is no IP literal.
+            UsageError: a host that is no IP literal, a forward URL that is not HTTP(S) (shown without its
+                credentials), a body limit, connection limit, forward or request timeout or log interval that is
+                not positive.
             SanityError: a non-loopback address without ``allow_remote``.
-            TorSetsError: a forward URL that is not HTTP(S) (shown without its credentials), a body limit,
-                connection limit, request timeout or log interval that is not positive.
         """
         try:
             address = ipaddress.ip_address(self.host)
@@ -136,15 +136,17 @@ class ServerSettings:
                 valid = False
             if not valid:
                 shown = redact_url(self.forward)
-                raise TorSetsError(f"forward must be an http:// or https:// URL, got {shown!r}")
+                raise UsageError(f"forward must be an http:// or https:// URL, got {shown!r}")
         if self.max_body < 1:
-            raise TorSetsError(f"max_body must be positive, got {self.max_body}")
+            raise UsageError(f"max_body must be positive, got {self.max_body}")
         if self.max_connections < 1:
-            raise TorSetsError(f"max_connections must be positive, got {self.max_connections}")
+            raise UsageError(f"max_connections must be positive, got {self.max_connections}")
+        if not 0 < self.forward_timeout < float("inf"):
+            raise UsageError(f"forward_timeout must be positive, got {self.forward_timeout}")
         if not self.request_timeout > 0:
-            raise TorSetsError(f"request_timeout must be positive, got {self.request_timeout}")
+            raise UsageError(f"request_timeout must be positive, got {self.request_timeout}")
         if not self.log_interval > 0:
-            raise TorSetsError(f"log_interval must be positive, got {self.log_interval}")
+            raise UsageError(f"log_interval must be positive, got {self.log_interval}")
 
 
 #: the endpoint's repeated warnings, by kind: (lines logged per interval, the one summary line of the rest)
