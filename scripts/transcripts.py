@@ -27,6 +27,7 @@ days, timings, rates, ports, dates, process ids), never counts, names or verdict
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import shlex
@@ -42,7 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TOR_SETS = [sys.executable, "-m", "tor_sets"]
+#: this checkout's command: the console script beside the interpreter (so that a process shows as ``tor-sets``,
+#: whichever name the interpreter was started by), else the module
+_SCRIPT = Path(sys.executable).parent / "tor-sets"
+TOR_SETS = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tor_sets"]
 _BLOCK = re.compile(r"^<!-- transcript(?P<options>[^\n]*?) -->\n```console\n(?P<body>.*?)^```$", re.M | re.S)
 _LISTS = ("setup", "copy")
 
@@ -251,8 +255,15 @@ def stale(transcripts: Sequence[Transcript], root: Path = ROOT) -> list[str]:
     wanted = set(transcripts)
     for found in blocks(root).values():
         for transcript, body in found:
-            if transcript in wanted and normalise(body) != normalise(run(transcript)):
-                problems.append(f"{transcript.where}: transcript of `{transcript.commands[0]}` is stale")
+            if transcript not in wanted:
+                continue
+            shown, fresh = normalise(body), normalise(run(transcript))
+            if shown != fresh:
+                diff = difflib.unified_diff(shown.splitlines(), fresh.splitlines(), "shown", "now", n=0, lineterm="")
+                problems.append(
+                    f"{transcript.where}: transcript of `{transcript.commands[0]}` is stale:\n"
+                    + "\n".join(list(diff)[2:12])
+                )
     return problems
 
 
