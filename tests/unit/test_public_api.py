@@ -191,6 +191,7 @@ EXPORTED: dict[str, list[str]] = {
         "make_scenario",
         "outbound_role",
         "pick_validator",
+        "read_bench_json",
         "rule_expectation",
         "run_bench",
         "validate_text",

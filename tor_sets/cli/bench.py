@@ -19,7 +19,15 @@ from tor_sets.engines import ENGINES, Engine, FalcoEngine, FalcoLocal, get_engin
 from tor_sets.errors import EngineUnavailable, UsageError
 from tor_sets.files import require_folder
 from tor_sets.onionoo import bundled_snapshot, read_snapshot
-from tor_sets.verify import bench_json, encodings, falco_cost, format_bench, run_bench, write_report
+from tor_sets.verify import (
+    bench_json,
+    encodings,
+    falco_cost,
+    format_bench,
+    read_bench_json,
+    run_bench,
+    write_report,
+)
 
 log = logging.getLogger("tor_sets")
 
@@ -94,6 +102,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="write benchmarks.md, benchmarks.json and plots into DIR (e.g. docs)",
     )
     parser.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
+    parser.add_argument(
+        "--from-json",
+        type=types.input_file,
+        metavar="FILE",
+        help="measure nothing: write the report of an earlier run's benchmarks.json again (with --output), e.g. "
+        "after a change to the report's layout",
+    )
     parser.set_defaults(func=run)
 
 
@@ -133,6 +148,8 @@ def _engines(names: list[str]) -> list[Engine]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_json:
+        return _rewrite(args)
     if any(issubclass(ENGINES[n], FalcoEngine) and not issubclass(ENGINES[n], FalcoLocal) for n in args.engine):
         raise UsageError("bench measures real Falco as falco-local (callgrind runs it directly), not in a container")
     if args.output:
@@ -187,4 +204,20 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_bench(result))
+    return 0
+
+
+def _rewrite(args: argparse.Namespace) -> int:
+    """``--from-json FILE``: the report of an earlier run, written again; no engine runs."""
+    if not args.output:
+        raise UsageError("--from-json writes the report again: give the folder with --output")
+    try:
+        document = json.loads(args.from_json.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"cannot read {args.from_json} as JSON: {exc}") from None
+    result = read_bench_json(document)
+    require_folder(args.output)
+    for path in write_report(result, args.output, default=f"hybrid-{DEFAULT_EXPAND_BELOW}"):
+        log.info("wrote %s", path)
+    sys.stdout.write(format_bench(result))
     return 0

@@ -6,7 +6,7 @@ against the rules files (:meth:`tor_sets.engines.Engine.replay`) → :func:`judg
 :class:`Verdict` of one :class:`RuleVerdict` per rule: missed connections, false alarms). :func:`disagreements`
 compares two engines event by event. :func:`pick_validator` and :func:`validate_text` have an engine load a rules
 text before it is written. :func:`run_bench` and :func:`falco_cost` measure what the rules cost an engine, and
-:func:`write_report` writes the figures into docs/.
+:func:`write_report` writes the figures into docs/ (:func:`read_bench_json` reads them back).
 
 Modules: :mod:`.scenarios`, :mod:`.capture` (the capture writer), :mod:`.verify`, :mod:`.bench` (measuring) and
 :mod:`.bench_report` (the report). See docs/verify.md and docs/benchmarks.md.
@@ -28,7 +28,7 @@ Example::
 from __future__ import annotations
 
 from tor_sets.verify.bench import BenchReport, Encoding, EncodingCost, FalcoCost, encodings, falco_cost, run_bench
-from tor_sets.verify.bench_report import bench_json, format_bench, write_report
+from tor_sets.verify.bench_report import bench_json, format_bench, read_bench_json, write_report
 from tor_sets.verify.scenarios import Expectation, Labelled, Scenario, make_scenario, write_scenario
 from tor_sets.verify.verify import (
     RuleVerdict,
@@ -63,6 +63,7 @@ __all__ = [
     "make_scenario",
     "outbound_role",
     "pick_validator",
+    "read_bench_json",
     "rule_expectation",
     "run_bench",
     "validate_text",

@@ -1,7 +1,8 @@
 """The benchmark's report: a table for people, the JSON document, docs/benchmarks.md and its plots.
 
 Exports :func:`format_bench` (the table ``tor-sets bench`` prints), :func:`bench_json` (the document ``--json``
-prints and benchmarks.json holds: the :class:`~tor_sets.verify.bench.BenchReport` with a schema version) and
+prints and benchmarks.json holds: the :class:`~tor_sets.verify.bench.BenchReport` with a schema version),
+:func:`read_bench_json` (that document back into a report, so a report can be written again without measuring) and
 :func:`write_report` (benchmarks.md, benchmarks.json and a PNG plot per engine, and for real Falco, into a folder).
 Pure formatting of measured values; the measuring is :mod:`tor_sets.verify.bench`'s job.
 """
@@ -13,9 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tor_sets import __version__
-from tor_sets.verify.bench import BenchReport, EncodingCost
+from tor_sets.engines import PREFERENCE
+from tor_sets.errors import TorSetsError
+from tor_sets.verify.bench import BenchReport, EncodingCost, FalcoCost
 
-__all__ = ["SCHEMA", "bench_json", "format_bench", "plot_points", "write_report"]
+__all__ = ["SCHEMA", "bench_json", "format_bench", "plot_points", "read_bench_json", "write_report"]
 
 #: the version of the JSON document's layout
 SCHEMA = 1
@@ -23,6 +26,13 @@ SCHEMA = 1
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _engines(result: BenchReport) -> list[str]:
+    """The engines measured, in the order :data:`tor_sets.engines.PREFERENCE` ranks them (not the order a JSON
+    document happens to keep)."""
+    rank = {name: i for i, name in enumerate(PREFERENCE)}
+    return sorted(result.baseline, key=lambda name: (rank.get(name, len(rank)), name))
 
 
 def _cost(m: EncodingCost) -> float:
@@ -33,7 +43,8 @@ def _cost(m: EncodingCost) -> float:
 def format_bench(result: BenchReport) -> str:
     """A table for people."""
     lines = []
-    for engine, base in result.baseline.items():
+    for engine in _engines(result):
+        base = result.baseline[engine]
         lines.append(f"{engine} {result.engine_versions[engine]}: replay with no Tor rule {base:.3f} s (median)")
         header = (
             f"  {'encoding':<16} {'bytes':>8} {'items':>6} {'nets':>5} {'load s':>7} {'RSS MB':>7} "
@@ -58,6 +69,29 @@ def bench_json(result: BenchReport) -> dict[str, object]:
     doc["schema"] = SCHEMA
     doc["tor_sets_version"] = __version__
     return doc
+
+
+def read_bench_json(doc: object) -> BenchReport:
+    """The report a :func:`bench_json` document holds (``bench_json(read_bench_json(doc)) == doc``).
+
+    Raises:
+        TorSetsError: not such a document, or of another schema.
+    """
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise TorSetsError(f"not a benchmarks document of schema {SCHEMA}")
+    fields = {k: v for k, v in doc.items() if k not in ("schema", "tor_sets_version")}
+    try:
+        return BenchReport(
+            **{
+                **fields,
+                "measurements": tuple(EncodingCost(**m) for m in fields["measurements"]),
+                "falco": tuple(FalcoCost(**f) for f in fields.get("falco", ())),
+                "falco_events": tuple(fields.get("falco_events", (0, 0))),
+                "captures": {k: tuple(v) for k, v in fields.get("captures", {}).items()},
+            }
+        )
+    except (KeyError, TypeError) as exc:
+        raise TorSetsError(f"not a benchmarks document of schema {SCHEMA}: {exc}") from None
 
 
 def plot_points(result: BenchReport, engine: str) -> tuple[str, list[tuple[str, float, float]]]:
@@ -144,7 +178,7 @@ def write_report(result: BenchReport, out_dir: Path, *, default: str) -> list[Pa
     json_path = out_dir / "benchmarks.json"
     json_path.write_text(json.dumps(bench_json(result), indent=2, sort_keys=True) + "\n")
     written.append(json_path)
-    for engine in result.baseline:
+    for engine in _engines(result):
         png = out_dir / f"benchmarks-{engine}.png"
         _plot(result, png, engine)
         written.append(png)
@@ -186,7 +220,7 @@ def _install_lines(result: BenchReport) -> list[str]:
 
 def _markdown(result: BenchReport, default: str) -> str:
     by = {(m.engine, m.encoding): m for m in result.measurements}
-    modern = "sysdig-modern" if "sysdig-modern" in result.baseline else next(iter(result.baseline), "")
+    modern = "sysdig-modern" if "sysdig-modern" in result.baseline else next(iter(_engines(result)), "")
     lit = by.get((modern, "literal-2022"))
     best = by.get((modern, "addresses-only"))
     chosen = by.get((modern, default))
@@ -199,7 +233,12 @@ def _markdown(result: BenchReport, default: str) -> str:
         "",
         f"Machine: {result.machine.get('cpu')}, {result.machine.get('cores')} cores, {result.machine.get('memory')}, "
         f"Linux {result.machine.get('kernel')}, Python {result.machine.get('python')}.",
-        "Engines: " + ", ".join(f"{k} {v}" for k, v in result.engine_versions.items()) + ".",
+        "Engines: "
+        + ", ".join(
+            ([f"Falco {result.falco_version}"] if result.falco else [])
+            + [f"{k} {result.engine_versions[k]}" for k in _engines(result)]
+        )
+        + ".",
         f"Capture: {result.connections} connects and accepts ({result.events} events), "
         f"{result.tor_connections} of them to or from Tor relays, IPv4 and IPv6; median of "
         f"{result.repetitions} interleaved runs."
@@ -302,7 +341,8 @@ def _markdown(result: BenchReport, default: str) -> str:
             )
         lines += ["", "![real Falco](benchmarks-falco.png)", ""]
         lines += _install_lines(result)
-    for engine, base in result.baseline.items():
+    for engine in _engines(result):
+        base = result.baseline[engine]
         size, events = result.captures.get(engine, (result.connections, result.events))
         lines += [
             f"## {engine} {result.engine_versions[engine]}",

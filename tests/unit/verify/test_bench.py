@@ -161,3 +161,30 @@ def test_the_markdown_names_each_engines_capture_and_the_falco_install() -> None
     text = _markdown(replace(report, falco=falco, falco_version="0.44.1", falco_install=install), "hybrid-16")
     assert "| **cold install, all steps** | **1,332.4** | |" in text
     assert "| last install (nothing: everything was cached) | 0.7 | T2 |" in text
+
+
+def test_the_committed_report_is_what_the_code_writes_from_its_json(tmp_path: Path, capsys) -> None:
+    """docs/benchmarks.md is written from docs/benchmarks.json (``tor-sets bench --from-json``): a figure typed into
+    the markdown, or a report layout changed without writing the report again, fails here."""
+    from tor_sets.cli import main
+    from tor_sets.verify import read_bench_json
+
+    docs = Path(__file__).resolve().parents[3] / "docs"
+    document = json.loads((docs / "benchmarks.json").read_text())
+    assert json.loads(json.dumps(bench_json(read_bench_json(document)))) == document
+    assert main(["bench", "--from-json", str(docs / "benchmarks.json"), "--output", str(tmp_path)]) == 0
+    assert (tmp_path / "benchmarks.md").read_text() == (docs / "benchmarks.md").read_text()
+    assert json.loads((tmp_path / "benchmarks.json").read_text()) == document
+    assert "hybrid-64" in capsys.readouterr().out
+
+
+def test_from_json_refuses_what_is_no_report(tmp_path: Path, capsys) -> None:
+    from tor_sets.cli import main
+
+    (tmp_path / "other.json").write_text('{"schema": 99}')
+    (tmp_path / "broken.json").write_text("{")
+    assert main(["bench", "--from-json", str(tmp_path / "other.json"), "--output", str(tmp_path / "out")]) == 3
+    assert "not a benchmarks document of schema 1" in capsys.readouterr().err
+    assert main(["bench", "--from-json", str(tmp_path / "broken.json"), "--output", str(tmp_path / "out")]) == 2
+    assert main(["bench", "--from-json", str(tmp_path / "other.json")]) == 2
+    assert not (tmp_path / "out").exists()
