@@ -16,7 +16,7 @@ from tor_sets.cli import types
 from tor_sets.cli.verify import skip_reason
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
 from tor_sets.engines import ENGINES, Engine, FalcoEngine, FalcoLocal, get_engine
-from tor_sets.errors import EngineUnavailable, UsageError
+from tor_sets.errors import EngineUnavailable, TorSetsError, UsageError
 from tor_sets.files import require_folder
 from tor_sets.onionoo import bundled_snapshot, read_snapshot
 from tor_sets.verify import (
@@ -215,7 +215,10 @@ def _rewrite(args: argparse.Namespace) -> int:
         document = json.loads(args.from_json.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UsageError(f"cannot read {args.from_json} as JSON: {exc}") from None
-    result = read_bench_json(document)
+    try:
+        result = read_bench_json(document)
+    except TorSetsError as exc:
+        raise UsageError(f"{args.from_json}: {exc}") from None
     require_folder(args.output)
     for path in write_report(result, args.output, default=f"hybrid-{DEFAULT_EXPAND_BELOW}"):
         log.info("wrote %s", path)

@@ -289,6 +289,7 @@ INPUTS = {
     ("tor-sets verify", "--before"): ["verify", "--before", "{file}"],
     ("tor-sets verify", "--load-plugin"): ["verify", "--load-plugin", "container={file}"],
     ("tor-sets bench", "--input/-i"): ["bench", "--input", "{file}"],
+    ("tor-sets bench", "--from-json"): ["bench", "--from-json", "{file}", "-o", "{tmp}/out"],
     ("tor-sets enrich", "FILE"): ["enrich", "{file}"],
     ("tor-sets enrich", "--input/-i"): ["enrich", "--input", "{file}"],
     ("tor-sets publish", "--rules"): ["publish", "oci://127.0.0.1:1/tor-rules", "--rules", "{file}"],

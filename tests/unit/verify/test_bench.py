@@ -183,8 +183,8 @@ def test_from_json_refuses_what_is_no_report(tmp_path: Path, capsys) -> None:
 
     (tmp_path / "other.json").write_text('{"schema": 99}')
     (tmp_path / "broken.json").write_text("{")
-    assert main(["bench", "--from-json", str(tmp_path / "other.json"), "--output", str(tmp_path / "out")]) == 3
-    assert "not a benchmarks document of schema 1" in capsys.readouterr().err
+    assert main(["bench", "--from-json", str(tmp_path / "other.json"), "--output", str(tmp_path / "out")]) == 2
+    assert "other.json: not a benchmarks document of schema 1" in capsys.readouterr().err
     assert main(["bench", "--from-json", str(tmp_path / "broken.json"), "--output", str(tmp_path / "out")]) == 2
     assert main(["bench", "--from-json", str(tmp_path / "other.json")]) == 2
     assert not (tmp_path / "out").exists()
