@@ -231,6 +231,10 @@ def _markdown(result: BenchReport, default: str) -> str:
         "",
         f"    {result.command}",
         "",
+        "After a change to this report's layout, write it again from benchmarks.json without measuring:",
+        "",
+        "    tor-sets bench --from-json docs/benchmarks.json --output docs",
+        "",
         f"Machine: {result.machine.get('cpu')}, {result.machine.get('cores')} cores, {result.machine.get('memory')}, "
         f"Linux {result.machine.get('kernel')}, Python {result.machine.get('python')}.",
         "Engines: "
