@@ -270,37 +270,41 @@ SSH = Process(pid=5002, comm="ssh", exe="/usr/bin/ssh", args=("-p", "443", "user
 CURL_PROCESS = Process(pid=5003, comm="curl", exe="/usr/bin/curl", args=("-s", "https://relay/"))
 
 
-@pytest.mark.parametrize(
-    "ours_first, matching, expected",
-    [
-        # the upstream rules first (the chart's order): the first matching rule hides the Tor rule for bash and ssh
+#: (the Tor rules loaded first?, rule_matching, the (process, rule) alerts) for bash, ssh and curl reaching a relay
+SHADOWING = [
+    # the upstream rules first (the chart's order): the first matching rule hides the Tor rule for bash and ssh
+    (
+        False,
+        "first",
+        {
+            ("bash", "System procs network activity"),
+            ("ssh", "Disallowed SSH Connection Non Standard Port"),
+            ("curl", OUTBOUND_RULE),
+        },
+    ),
+    # ours first: the Tor rule hides theirs
+    (True, "first", {("bash", OUTBOUND_RULE), ("ssh", OUTBOUND_RULE), ("curl", OUTBOUND_RULE)}),
+    # all: every matching rule alerts, whatever the order
+    *[
         (
-            False,
-            "first",
+            order,
+            "all",
             {
                 ("bash", "System procs network activity"),
+                ("bash", OUTBOUND_RULE),
                 ("ssh", "Disallowed SSH Connection Non Standard Port"),
+                ("ssh", OUTBOUND_RULE),
                 ("curl", OUTBOUND_RULE),
             },
-        ),
-        # ours first: the Tor rule hides theirs
-        (True, "first", {("bash", OUTBOUND_RULE), ("ssh", OUTBOUND_RULE), ("curl", OUTBOUND_RULE)}),
-        # all: every matching rule alerts, whatever the order
-        *[
-            (
-                order,
-                "all",
-                {
-                    ("bash", "System procs network activity"),
-                    ("bash", OUTBOUND_RULE),
-                    ("ssh", "Disallowed SSH Connection Non Standard Port"),
-                    ("ssh", OUTBOUND_RULE),
-                    ("curl", OUTBOUND_RULE),
-                },
-            )
-            for order in (False, True)
-        ],
+        )
+        for order in (False, True)
     ],
+]
+
+
+@pytest.mark.parametrize(
+    "ours_first, matching, expected",
+    SHADOWING,
     ids=["upstream-first-first", "ours-first-first", "upstream-first-all", "ours-first-all"],
 )
 def test_rule_matching_first_reports_only_the_first_rule_loaded(
@@ -320,3 +324,25 @@ def test_rule_matching_first_reports_only_the_first_rule_loaded(
     alerts, _ = falco.alerts(capture, files, plugins=(double,), rule_matching=matching)
     fired = [(a.output_fields["proc.name"], a.rule) for a in alerts]
     assert len(fired) == len(set(fired)) and set(fired) == expected
+
+
+def test_tuning_md_shows_these_results():
+    """docs/tuning.md's table of ``rule_matching`` is what the test above asserts on real Falco."""
+    rows = {}
+    for line in (REPO / "docs" / "tuning.md").read_text().splitlines():
+        cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[1] in ("first", "all"):
+            rows[(cells[0], cells[1])] = dict(zip(("bash", "ssh", "curl"), cells[2:], strict=True))
+    assert len(rows) == 3, rows
+    for ours_first, matching, expected in SHADOWING:
+        order = (
+            "either"
+            if matching == "all"
+            else ("tor_rules.yaml, then upstream" if ours_first else "upstream, then tor_rules.yaml")
+        )
+        for process, shown in rows[(order, matching)].items():
+            fired = {rule for name, rule in expected if name == process}
+            if shown == "both rules":
+                assert len(fired) == 2 and OUTBOUND_RULE in fired, (order, matching, process)
+            else:
+                assert fired == {shown}, (order, matching, process)
