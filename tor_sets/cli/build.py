@@ -342,6 +342,7 @@ def render_format(built: Built, fmt: str, args: argparse.Namespace, snapshot: Sn
 def _validate(built: Built, args: argparse.Namespace, snapshot: Snapshot, profile: Profile) -> None:
     """``--validate``: a real engine loads the rules this build writes (the ones embedded in a ConfigMap too)."""
     from tor_sets.engines import FalcoEngine, Plugin
+    from tor_sets.plugin import engine_plugin
     from tor_sets.verify import pick_validator, validate_text
 
     plugins: list[tuple[str, Path]] = args.load_plugin
@@ -354,12 +355,12 @@ def _validate(built: Built, args: argparse.Namespace, snapshot: Snapshot, profil
     with tempfile.TemporaryDirectory(prefix="tor-sets-validate-") as tmp:
         loads = []
         for name, library in plugins:
-            config: dict[str, object] = {}
-            if name == "torsets":  # the plugin needs a table to start: this build's
+            if name == "torsets":  # the plugin needs a table to start: this build's, copied along by the engine
                 table = Path(tmp) / "tor.table"
                 table.write_bytes(render_format(built, "plugin-table", args, snapshot))  # type: ignore[arg-type]
-                config = {"table": str(table)}
-            loads.append(Plugin(name, library, config))
+                loads.append(engine_plugin(library, table))
+            else:
+                loads.append(Plugin(name, library))
         try:
             verdict = validate_text(text, engine, plugins=loads)
         except RuleError as exc:

@@ -58,13 +58,19 @@ def test_auto_hands_a_profile_before_0_41_to_the_sysdig_builds(
     assert "validated by sysdig-modern 0.41.4+repack: Ok" in capsys.readouterr().err
 
 
-def test_plugin_rules_are_validated_with_the_plugin_loaded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("engine", ["falco-local", "falco"])
+def test_plugin_rules_are_validated_with_the_plugin_loaded(
+    engine: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In the container too: the engine gets the build's table along with the library (``falco -V`` failed there
+    when only the library was copied)."""
+    falco_or_skip(engine)
     library = compile_plugin(tmp_path / "lib")
     out = tmp_path / "tor_plugin_rules.yaml"
-    argv = ["build", "--offline", "--format", "falco-plugin", "--validate", "falco-local"]
+    argv = ["build", "--offline", "--format", "falco-plugin", "--validate", engine]
     assert main([*argv, "--load-plugin", f"torsets={library}", "-o", str(out)]) == 0
-    assert "validated by falco-local 0.44.1: Ok" in capsys.readouterr().err
-    argv = ["build", "--offline", "--format", "falco-plugin", "--validate", "falco-local", "-o", str(out)]
+    assert f"validated by {engine} 0.44.1: Ok" in capsys.readouterr().err
+    argv = ["build", "--offline", "--format", "falco-plugin", "--validate", engine, "-o", str(out)]
     assert main(argv) == 6  # the file declares the plugin it needs: Falco names it
     err = capsys.readouterr().err
     assert f"Plugin requirement not satisfied, must load one of: torsets (>= {PLUGIN_VERSION})" in err
