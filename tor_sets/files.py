@@ -2,7 +2,8 @@
 
 Exports :func:`write_file` (the ``-o`` policy), :func:`open_output` (the same policy for a long-lived stream),
 :func:`atomic_write` (the atomic replace alone), :func:`read_regular` (reads nothing but a regular file),
-:func:`require_regular`, :func:`require_folder`, :func:`remove_stale_temps` and :class:`NotRegularFile`.
+:func:`require_regular`, :func:`require_folder`, :func:`remove_stale_temps`, :func:`process_alive` and
+:class:`NotRegularFile`.
 
 The policy, for a target that exists (docs/operations.md, "Where tor-sets writes")::
 
@@ -44,6 +45,7 @@ __all__ = [
     "NotRegularFile",
     "atomic_write",
     "open_output",
+    "process_alive",
     "read_regular",
     "remove_stale_temps",
     "require_folder",
@@ -213,7 +215,10 @@ def _temp_name(target: str) -> re.Pattern[str]:
     return re.compile(re.escape(f".{target}.") + r"(?:(\d{1,9})\.)?[a-z0-9_]{8}\.tmp")
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (signal 0 checks without signalling; 0 and below name no single process)."""
+    if pid < 1:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -248,7 +253,7 @@ def remove_stale_temps(target: Path, *, now: float | None = None) -> list[Path]:
                 continue
             age = now - found.st_mtime
             pid = int(match[1]) if match[1] else 0
-            writer_gone = pid <= 0 or not _alive(pid)
+            writer_gone = not process_alive(pid)
             if age >= TEMP_MAX_AGE_S or (age >= TEMP_GRACE_S and writer_gone):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tor_sets.deploy.refresh.state import state_dir, state_stem
 from tor_sets.errors import TorSetsError
-from tor_sets.files import require_regular
+from tor_sets.files import process_alive, require_regular
 
 __all__ = ["flock_holders", "hold_lock", "lock_path"]
 
@@ -123,19 +123,6 @@ def _lock_holder(fd: int) -> str:
         return f" (pid {visible[0]})" if visible else ""
     with contextlib.suppress(OSError, ValueError):
         text = os.pread(fd, 32, 0).decode().strip()
-        if text.isdigit() and _alive(int(text)):
+        if text.isdigit() and process_alive(int(text)):
             return f" (pid {text})"
     return ""
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (signal 0 checks without signalling)."""
-    if pid < 1:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's: it exists
-        return True
-    return True
