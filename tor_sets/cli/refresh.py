@@ -62,8 +62,9 @@ exit codes (the table of `tor-sets --help`, as refresh meets it):
 
 The live directory is fetched with If-Modified-Since (a 304 costs one request). When it fails, refresh fails and
 leaves the rules alone: it never falls back to the cached download or to the snapshot bundled with tor-sets (months
-old) unless --allow-fallback is given. State: PATH.state.json beside the rules (or --state); lock: PATH.lock (or
---lock). Falco before 0.41 loads every file in a rules folder: there, give --state and --lock paths outside it.
+old) unless --allow-fallback is given. State and lock: STATE_DIR/NAME-DIGEST.state.json
+and .lock (STATE_DIR: $TOR_SETS_STATE_DIR, else /var/lib/tor-sets for root, else ~/.local/state/tor-sets), never in
+the rules folder, whose every file Falco before 0.41 loads; --state and --lock choose other paths.
 
 examples:
   tor-sets refresh -o /etc/falco/rules.d/tor_rules.yaml
@@ -178,12 +179,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="run this command (split like a shell would, run without one), e.g. 'systemctl reload falco'; "
         "default: rely on Falco's own watch of its rules files",
     )
-    deploy.add_argument("--state", type=Path, metavar="FILE", help="state file (default: PATH.state.json)")
+    deploy.add_argument(
+        "--state", type=Path, metavar="FILE", help="state file (default: STATE_DIR/NAME-DIGEST.state.json)"
+    )
     deploy.add_argument(
         "--lock",
         type=Path,
         metavar="FILE",
-        help="lock file (default: PATH.lock); every refresh of one PATH must use the same",
+        help="lock file (default: STATE_DIR/NAME-DIGEST.lock); every refresh of one PATH must use the same",
     )
     deploy.add_argument(
         "--lock-timeout",
@@ -209,7 +212,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     stat.add_argument("rules", type=Path, metavar="PATH", help="the rules file")
-    stat.add_argument("--state", type=Path, metavar="FILE", help="state file (default: PATH.state.json)")
+    stat.add_argument(
+        "--state", type=Path, metavar="FILE", help="state file (default: STATE_DIR/NAME-DIGEST.state.json)"
+    )
     stat.add_argument("--max-age", type=types.duration, metavar="AGE", help="exit 7 when the data is older than AGE")
     stat.add_argument("--json", action="store_true", help="print one JSON document")
     stat.set_defaults(func=run_status)

@@ -10,7 +10,7 @@ between steps). One module per job: ``run`` (the run and the loop), ``state`` (t
 
 One run, in order, each step able to stop it with the rules file untouched::
 
-    lock PATH.lock      concurrent runs on one output wait (up to lock_timeout) or fail; they never interleave
+    lock                concurrent runs on one output wait (up to lock_timeout) or fail; they never interleave
     obtain              conditional GET (304: nothing new); no silent fallback to the cached or bundled snapshot;
                         data dated more than MAX_CLOCK_SKEW in the future is refused
     nothing new?        same data, same options, file as we left it: done (no build, no write, no reload)
@@ -21,7 +21,7 @@ One run, in order, each step able to stop it with the rules file untouched::
     validate            YAML shape + every rule expands (load_rules), then each condition loads in an engine
     swap                write_file: temp file + fsync + rename, skipped when the bytes are the same
     reload              Falco's own file watch, SIGHUP to a pid (only a Falco's), or a command run without a shell
-    state               JSON beside the rules (PATH.state.json): what is deployed, from which data, its sha256
+    state               JSON outside the rules folder (state_path): what is deployed, from which data, its sha256
 
 The state file is the memory of the last good refresh: :func:`deployment_status` compares the rules file with it (a
 different hash means someone edited the file), and the drop guard compares new counts with it. A failed run

@@ -64,7 +64,7 @@ class RefreshOptions:
         guards: the sanity limits.
         reload: how Falco is told.
         state: the state file (None: :func:`~tor_sets.deploy.refresh.state.state_path`, outside the rules folder).
-        lock: the lock file (None: ``PATH.lock`` beside the rules).
+        lock: the lock file (None: :func:`~tor_sets.deploy.refresh.lock.lock_path`, beside the state).
         lock_timeout: seconds to wait for another refresh of the same output.
         max_age: the newest good data may be at most this old (:attr:`Outcome.stale` says when it is older).
     """

@@ -1,14 +1,14 @@
-"""The state file beside the rules: the memory of the last good refresh, and what ``tor-sets status`` reports.
+"""The state file of a rules file: the memory of the last good refresh, and what ``tor-sets status`` reports.
 
 Exports the values :class:`State`, :class:`Deployed`, :class:`Failure` and :class:`DeploymentStatus`;
 :func:`state_path`, :func:`read_state`, :func:`save_state` (the file), :func:`deployment_status` and
 :func:`status_document` (what is deployed, as a value and as the ``status --json`` document), :func:`options_digest`
 (the build options as the state records them), :func:`file_sha256` and :func:`utcnow`.
 
-The state file (``PATH.state.json``, JSON with sorted keys, ``schema`` 1) holds what is deployed, from which data,
-and its sha256: :func:`deployment_status` compares the rules file with it (a different hash means someone edited
-the file), and the drop guard compares new counts with it. A failed run records its error in it and leaves
-everything else as it was.
+The state file (:func:`state_path`, outside the rules folder; JSON with sorted keys, ``schema`` 1) holds what is
+deployed, from which data, and its sha256: :func:`deployment_status` compares the rules file with it (a different
+hash means someone edited the file), and the drop guard compares new counts with it. A failed run records its
+error in it and leaves everything else as it was.
 """
 
 from __future__ import annotations
