@@ -42,6 +42,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tor_sets.engines.paths import cache_dir as engines_cache_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 #: this checkout's command: the console script beside the interpreter (so that a process shows as ``tor-sets``,
 #: whichever name the interpreter was started by), else the module
@@ -185,7 +187,17 @@ def run(transcript: Transcript) -> str:
     out: list[str] = []
     ports = (transcript.port, _free_port()) if transcript.port else None
     with tempfile.TemporaryDirectory(prefix="tor-sets-docs-") as scratch:
-        env = {**os.environ, "COLUMNS": "120", "TOR_SETS_STATE_DIR": str(Path(scratch) / ".state")}
+        # a download cache of its own (what `make rules` cached on this machine would change the shown data),
+        # beside the engines this machine installed
+        cache = Path(scratch) / ".cache"
+        (cache / "tor-sets").mkdir(parents=True)
+        (cache / "tor-sets" / "engines").symlink_to(engines_cache_dir())
+        env = {
+            **os.environ,
+            "COLUMNS": "120",
+            "TOR_SETS_STATE_DIR": str(Path(scratch) / ".state"),
+            "XDG_CACHE_HOME": str(cache),
+        }
         env.pop("TOR_SETS_SESSION", None)
         for path in transcript.copy:
             shutil.copy(ROOT / path, Path(scratch) / Path(path).name)
