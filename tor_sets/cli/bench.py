@@ -17,7 +17,7 @@ from tor_sets.cli.verify import skip_reason
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
 from tor_sets.engines import ENGINES, Engine, FalcoEngine, FalcoLocal, get_engine
 from tor_sets.errors import EngineUnavailable, TorSetsError, UsageError
-from tor_sets.files import require_folder
+from tor_sets.files import require_folder, write_file
 from tor_sets.onionoo import bundled_snapshot, read_snapshot
 from tor_sets.verify import (
     bench_json,
@@ -215,12 +215,21 @@ def _rewrite(args: argparse.Namespace) -> int:
         document = json.loads(args.from_json.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UsageError(f"cannot read {args.from_json} as JSON: {exc}") from None
-    try:
-        result = read_bench_json(document)
-    except TorSetsError as exc:
-        raise UsageError(f"{args.from_json}: {exc}") from None
     require_folder(args.output)
-    for path in write_report(result, args.output, default=f"hybrid-{DEFAULT_EXPAND_BELOW}"):
-        log.info("wrote %s", path)
-    sys.stdout.write(format_bench(result))
+    with tempfile.TemporaryDirectory(prefix="tor-sets-bench-") as tmp:
+        # the whole report first, aside: a document whose values are not what a run writes fails here, before
+        # a file of DIR is touched
+        try:
+            result = read_bench_json(document)
+            written = write_report(result, Path(tmp), default=f"hybrid-{DEFAULT_EXPAND_BELOW}")
+            table = format_bench(result)
+        except TorSetsError as exc:
+            raise UsageError(f"{args.from_json}: {exc}") from None
+        except (AttributeError, KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise UsageError(f"{args.from_json}: not a report tor-sets bench wrote: {exc}") from None
+        args.output.mkdir(parents=True, exist_ok=True)
+        for path in written:
+            write_file(args.output / path.name, path.read_bytes(), stream=False)
+            log.info("wrote %s", args.output / path.name)
+    sys.stdout.write(table)
     return 0

@@ -188,3 +188,20 @@ def test_from_json_refuses_what_is_no_report(tmp_path: Path, capsys) -> None:
     assert main(["bench", "--from-json", str(tmp_path / "broken.json"), "--output", str(tmp_path / "out")]) == 2
     assert main(["bench", "--from-json", str(tmp_path / "other.json")]) == 2
     assert not (tmp_path / "out").exists()
+    capsys.readouterr()
+    # a report whose values are not what a run writes: one line, exit 2, and nothing of DIR touched
+    docs = Path(__file__).resolve().parents[3] / "docs"
+    good = json.loads((docs / "benchmarks.json").read_text())
+    for broken in (
+        {"captures": 5},
+        {"machine": 5},
+        {"measurements": [{**good["measurements"][0], "rules_bytes": "x"}]},
+    ):
+        (tmp_path / "odd.json").write_text(json.dumps({**good, **broken}))
+        (tmp_path / "kept").mkdir(exist_ok=True)
+        (tmp_path / "kept" / "benchmarks.md").write_text("last good")
+        assert main(["bench", "--from-json", str(tmp_path / "odd.json"), "--output", str(tmp_path / "kept")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"tor-sets: error: {tmp_path / 'odd.json'}: ") and "\n" not in err, broken
+        assert [p.name for p in (tmp_path / "kept").iterdir()] == ["benchmarks.md"], broken
+        assert (tmp_path / "kept" / "benchmarks.md").read_text() == "last good"
