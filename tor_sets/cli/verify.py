@@ -18,6 +18,7 @@ from tor_sets.engines.base import RULE_MATCHING
 from tor_sets.errors import EngineError, EngineUnavailable, UsageError
 from tor_sets.falco.load import load_rules
 from tor_sets.falco.model import CURRENT_FALCO
+from tor_sets.files import require_folder
 from tor_sets.onionoo import bundled_snapshot, read_snapshot
 from tor_sets.relays import Snapshot
 from tor_sets.verify import Verdict, format_verdicts, make_scenario, outbound_role, verify
@@ -166,20 +167,26 @@ def select_engines(names: list[str]) -> tuple[list[Engine], list[str]]:
     return list(unique.values()), skipped
 
 
-def _rules_for(engine: Engine, snapshot: Snapshot, options: BuildOptions, folder: Path, *, plugin: bool) -> Path:
+def _rules_for(
+    engine: Engine, snapshot: Snapshot, options: BuildOptions, folder: Path, written: set[Path], *, plugin: bool
+) -> Path:
+    """The rules file this run built for ``engine``, written into ``folder`` once per run (``written``): a file of
+    that name left in a ``--keep`` folder by an earlier run is replaced, never replayed."""
     if plugin:  # the rules that ask the tor-sets plugin
         from tor_sets.plugin import plugin_rules_text
 
         path = folder / "tor_plugin_rules.yaml"
-        if not path.exists():
+        if path not in written:
             path.write_text(plugin_rules_text(build(snapshot, options)))
+            written.add(path)
         return path
     legacy = engine.name == "sysdig-legacy"
     if legacy:
         options = replace(options, rules=replace(options.rules, falco_version="legacy"))
     path = folder / ("tor_rules.legacy.yaml" if legacy else "tor_rules.yaml")
-    if not path.exists():
+    if path not in written:
         path.write_text(build(snapshot, options).text)
+        written.add(path)
     return path
 
 
@@ -206,11 +213,13 @@ def run(args: argparse.Namespace) -> int:
     verdicts: list[Verdict] = []
     with tempfile.TemporaryDirectory(prefix="tor-sets-verify-") as tmp:
         folder = args.keep or Path(tmp)
+        require_folder(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        written: set[Path] = set()
         plugins = _with_table(args.load_plugin, snapshot, options, folder)
         torsets = plugins != args.load_plugin
         for engine in engines:
-            paths = args.rules or [_rules_for(engine, snapshot, options, folder, plugin=torsets)]
+            paths = args.rules or [_rules_for(engine, snapshot, options, folder, written, plugin=torsets)]
             rules = load_rules(*paths)
             for warning in rules.warnings:
                 log.warning("%s: %s", paths[-1], warning)

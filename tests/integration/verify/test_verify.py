@@ -214,8 +214,13 @@ def test_keep_keeps_the_rules_and_the_capture(tmp_path, capsys):
     """``verify --keep DIR`` (issue 14.6): the rules built and, per engine, the capture replayed stay in DIR."""
     engine_or_skip("falco-local")
     keep = tmp_path / "kept"
+    keep.mkdir()
+    (keep / "tor_rules.yaml").write_text("- list: left_by_an_earlier_run\n  items: []\n")  # replaced, not replayed
     assert main(["verify", "--engine", "falco-local", "--size", "50", "--keep", str(keep)]) == 0
     capsys.readouterr()
+    (tmp_path / "a-file").write_text("x")
+    assert main(["verify", "--engine", "falco-local", "--size", "50", "--keep", str(tmp_path / "a-file")]) == 3
+    assert capsys.readouterr().err.strip().endswith("it is a regular file, not a folder")
     capture = keep / "falco-local" / "scenario.scap"
     assert (keep / "tor_rules.yaml").read_text().startswith("# Tor relay rules for Falco")
     assert capture.stat().st_size > 0
