@@ -17,7 +17,7 @@ The marker line may say, as ``name=value`` words:
 - ``port=N``: the port the reader sees; each run uses a free loopback port in its place (in every command), and
   shows N again in the output.
 - ``keep=N``: of a longer output, the first N lines, ``...`` and the last line (the verdict, as a rule); ``cut=N``:
-  longer lines shown as their start, ``…`` and their end, N characters in all.
+  longer lines shown as their first N-1 characters and ``…``.
 
 A command may end with ``> FILE`` (stdout into the file). One whose exit status is not 0 is followed by ``$ echo
 $?`` and the status, as a shell would show it. Comparing ignores what differs from run to run by nature (ages in
@@ -122,14 +122,6 @@ def normalise(text: str) -> str:
     for pattern, placeholder in _VOLATILE:
         text = pattern.sub(placeholder, text)
     return "\n".join(line.rstrip() for line in text.splitlines()).strip() + "\n"
-
-
-def _cut(line: str, width: int) -> str:
-    """``line`` at most ``width`` characters long: its start and its end (where JSON keeps what was added)."""
-    if len(line) <= width:
-        return line
-    half = (width - 1) // 2
-    return f"{line[:half]}…{line[len(line) - (width - 1 - half) :]}"
 
 
 def _free_port() -> int:

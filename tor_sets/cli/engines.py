@@ -21,6 +21,7 @@ from pathlib import Path
 from tor_sets import provision as setup
 from tor_sets.cli import types
 from tor_sets.engines.paths import FALCO_SOURCE_ENV
+from tor_sets.provision.docker import SESSION_ENV
 
 __all__ = ["add_parser", "run"]
 
@@ -71,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     stop = actions.add_parser("stop-docker", help="stop the dockerd that tor-sets started (others are left alone)")
     stop.add_argument(
         "--session",
-        default=os.environ.get("TOR_SETS_SESSION"),
+        default=os.environ.get(SESSION_ENV),
         help="stop it only if the run with this $TOR_SETS_SESSION started it (default: $TOR_SETS_SESSION; unset: "
         "whichever tor-sets run started it)",
     )

@@ -355,7 +355,6 @@ def _role_condition(
 
 
 def _rules(options: RulesOptions) -> list[Item]:
-    macros: list[Item] = []
     rules: list[Item] = []
     priority = options.priority.upper()
     if "outbound" in options.rules:
@@ -383,4 +382,4 @@ def _rules(options: RulesOptions) -> list[Item]:
                 tags=options.tags,
             )
         )
-    return macros + rules
+    return rules

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from tor_sets.build import BuildOptions, build
 from tor_sets.compact import DEFAULT_EXPAND_BELOW
-from tor_sets.engines import Engine, FalcoLocal, Plugin
+from tor_sets.engines import Engine, FalcoLocal, Plugin, SysdigModern
 from tor_sets.engines.process import run_process
 from tor_sets.errors import EngineUnavailable, RuleError
 from tor_sets.falco.generate import RulesOptions
@@ -567,21 +567,20 @@ def _instruction_counts(
     progress: Callable[[str], None],
 ) -> dict[str, tuple[float, int]]:
     """``{name: (instructions per event, load instructions)}`` plus ``baseline``, or {} when not countable."""
-    counter = getattr(engine, "count_instructions", None)
-    if connections <= 0 or counter is None:
+    if connections <= 0 or not isinstance(engine, SysdigModern):  # it alone counts a condition's instructions
         return {}
     capture = workdir / f"count-{connections}.scap"
     events, _ = bench_capture(sets, capture, connections=connections, seed=11)
     out: dict[str, tuple[float, int]] = {"__events__": (events, 0)}
     try:
-        startup = counter(None, BASELINE_CONDITION)
+        startup = engine.count_instructions(None, BASELINE_CONDITION)
     except EngineUnavailable as exc:
         progress(f"not counting instructions: {exc}")
         return {}
     for name, condition in {"baseline": BASELINE_CONDITION, **conditions}.items():
         progress(f"{engine.name}: counting instructions of {name}")
-        loaded = counter(None, condition)
-        replayed = counter(capture, condition)
+        loaded = engine.count_instructions(None, condition)
+        replayed = engine.count_instructions(capture, condition)
         out[name] = ((replayed - loaded) / events, loaded - startup)
     return out
 

@@ -33,6 +33,7 @@ import pytest
 import requests
 import yaml
 
+from tests.support.onionoo_server import free_port
 from tor_sets.deploy import fleet
 from tor_sets.deploy.fleet.artifact import MEDIA_TYPES
 from tor_sets.deploy.fleet.index import INDEX_DESCRIPTIONS
@@ -58,19 +59,12 @@ class Registry:
         return f"http://{self.host}/v2/{path}"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _start(folder: Path, htpasswd: Path | None = None) -> tuple[Registry, subprocess.Popen[bytes]]:
     binary = shutil.which(BINARY) or (f"/usr/bin/{BINARY}" if Path(f"/usr/bin/{BINARY}").exists() else None)
     if binary is None:
         pytest.skip(f"{BINARY} is not installed (Debian package docker-registry: apt-get install -y docker-registry)")
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         config: dict[str, object] = {
             "version": 0.1,
             "log": {"level": "warn", "accesslog": {"disabled": True}},
@@ -369,7 +363,7 @@ def _sha(blob: bytes) -> str:
 
 
 def test_wrong_port_is_one_clear_line(rules_file: Path) -> None:
-    port = _free_port()  # nobody listens there
+    port = free_port()  # nobody listens there
     started = time.monotonic()
     with pytest.raises(RegistryError) as caught:
         fleet.publish_rules(f"oci://127.0.0.1:{port}/tor-rules:latest", rules_file, version="1.2.3")
@@ -509,7 +503,7 @@ def test_cli_publish_without_date_tag(registry: Registry, rules_file: Path, caps
 def test_cli_errors_are_one_line(
     rules_file: Path, capsys: pytest.CaptureFixture[str], ref: str, flags: list[str], code: int, expected: str
 ) -> None:
-    closed = str(_free_port())
+    closed = str(free_port())
     exit_code = _main(["publish", ref.format(closed=closed), "--rules", str(rules_file), *flags])
     captured = capsys.readouterr()
     assert exit_code == code
@@ -788,7 +782,7 @@ def test_unreachable_realm_is_one_registry_error(
     """Issue 13, item 12: a realm nobody listens on gave a requests traceback."""
     monkeypatch.setenv("TOR_SETS_REGISTRY_USERNAME", "alice")
     monkeypatch.setenv("TOR_SETS_REGISTRY_PASSWORD", PASSWORD)
-    closed = _free_port()
+    closed = free_port()
     realm = f"http://127.0.0.1:{closed}/token"
     with _Recorder("127.0.0.1", answer=_bearer_to(realm)) as registry:
         code = _main(["publish", f"oci://{registry.host}/security/tor-rules", "--rules", str(rules_file)])

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -366,7 +367,9 @@ def fault_table() -> str:
     for name, code, message in TABLE:
         message = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", message)
         message = re.sub(r"(\?type=relay&running=true&fields=)[^\s:]+", r"\1...", message)
-        message = re.sub(r"/tmp/\S*/rules\.d/", "/etc/falco/rules.d/", message).replace("|", "\\|")
+        message = re.sub(re.escape(tempfile.gettempdir()) + r"/\S*/rules\.d/", "/etc/falco/rules.d/", message).replace(
+            "|", "\\|"
+        )
         lines.append(f"| {name} | {code} | `{message}` |")
     return "\n".join(lines) + "\n"
 
