@@ -13,6 +13,7 @@ incubating and sandbox files) loaded before the Tor rules, under ``rule_matching
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tarfile
 from datetime import datetime
@@ -26,6 +27,7 @@ from tests.support.engines import engine_or_skip
 from tests.support.falco import container_double
 from tor_sets.build import build
 from tor_sets.engines import Engine
+from tor_sets.engines.paths import FALCO_SOURCE_ENV
 from tor_sets.falco.generate import INBOUND_RULE, OUTBOUND_RULE
 from tor_sets.falco.legacy2022 import render_2022
 from tor_sets.falco.load import load_rules
@@ -35,7 +37,10 @@ from tor_sets.verify import disagreements, make_scenario, verify, write_scenario
 pytestmark = pytest.mark.integration
 
 CAPTURES = DATA / "captures"
-UPSTREAM_RULES = REPO.parent / "shared" / "upstream" / "falco-rules-705c3db.tar.gz"
+#: the default ruleset Falco 0.44.1 ships, from the pinned sources (where `make test` builds Falco from)
+UPSTREAM_RULES = (
+    Path(os.environ.get(FALCO_SOURCE_ENV) or REPO.parent / "shared" / "upstream") / "falco-rules-705c3db.tar.gz"
+)
 ANY_CONNECTION = "evt.type in (connect, accept, accept4) and fd.sip exists"
 
 
