@@ -180,10 +180,9 @@ def matching(capture: Path, rules: RuleSet) -> dict[str, list[int]]:
     """For each enabled syscall rule, the timestamps of the capture's connections its expanded condition accepts."""
     records = list(connections(capture))
     out: dict[str, list[int]] = {}
-    for rule in rules.rules.values():
-        if rule.enabled and rule.source == "syscall":
-            check = compile_condition(rule.expanded)
-            out[rule.name] = [r.ts_ns for r in records if check(r)]
+    for rule in rules.syscall_rules:
+        check = compile_condition(rule.expanded)
+        out[rule.name] = [r.ts_ns for r in records if check(r)]
     return out
 
 

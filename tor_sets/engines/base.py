@@ -3,7 +3,8 @@ matched out), and the values engines return.
 
 Exports :class:`Engine` (the abstract engine: class settings plus hooks), :class:`Match`, :class:`Run`,
 :class:`Replay`, :class:`Plugin`, :class:`Validation`, :class:`Workspace`, :func:`temporary_workspace`,
-:func:`place`, :func:`first_match_only`, :data:`DEFAULT_FIELDS`, :data:`RULE_MATCHING` and :data:`NA`. The only
+:func:`place`, :func:`first_match_only`, :func:`check_rule_matching`, :data:`DEFAULT_FIELDS`, :data:`RULE_MATCHING`
+and :data:`NA`. The only
 place an engine starts a process is :mod:`tor_sets.engines.process`; the sysdig template is in
 :mod:`tor_sets.engines.sysdig`, the Falco one in :mod:`tor_sets.engines.falco`.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar
 
-from tor_sets.errors import EngineError, EngineUnavailable
+from tor_sets.errors import EngineError, EngineUnavailable, RuleError
 
 __all__ = [
     "DEFAULT_FIELDS",
@@ -35,6 +36,7 @@ __all__ = [
     "Run",
     "Validation",
     "Workspace",
+    "check_rule_matching",
     "first_match_only",
     "place",
     "temporary_workspace",
@@ -58,6 +60,16 @@ DEFAULT_FIELDS: tuple[str, ...] = (
 NA = "<NA>"
 #: Falco's ``rule_matching`` settings: every matching rule alerts, or only the first in load order
 RULE_MATCHING = ("all", "first")
+
+
+def check_rule_matching(value: str) -> None:
+    """Refuse a ``rule_matching`` that is not one of :data:`RULE_MATCHING` (every engine's ``replay`` does).
+
+    Raises:
+        RuleError: naming the settings there are.
+    """
+    if value not in RULE_MATCHING:
+        raise RuleError(f"rule_matching must be one of {', '.join(RULE_MATCHING)}, not {value!r}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, TypeAlias
 from tor_sets.engines.base import (
     DEFAULT_FIELDS,
     NA,
-    RULE_MATCHING,
     Engine,
     Match,
     Plugin,
     Replay,
     Run,
     Validation,
+    check_rule_matching,
     first_match_only,
 )
 from tor_sets.errors import EngineError, EngineUnavailable, RuleError
@@ -138,12 +138,11 @@ class FakeEngine(Engine):
         from tor_sets.falco.load import load_rules  # the loader sits above the engines in the package
 
         self.check()
-        if rule_matching not in RULE_MATCHING:
-            raise RuleError(f"rule_matching must be one of {', '.join(RULE_MATCHING)}, not {rule_matching!r}")
+        check_rule_matching(rule_matching)
         fields = tuple(fields)
         self.replays.append(FakeReplay(tuple(rules), tuple(plugins), rule_matching, fields))
         ruleset = load_rules(*rules)
-        order = [r.name for r in ruleset.rules.values() if r.enabled and r.source == "syscall"]
+        order = [r.name for r in ruleset.syscall_rules]
         answer = self._hits(capture, ruleset)
         unknown = sorted(set(answer) - set(order))
         if unknown:

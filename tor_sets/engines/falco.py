@@ -36,7 +36,6 @@ from tor_sets.engines import docker as _docker
 from tor_sets.engines.base import (
     DEFAULT_FIELDS,
     NA,
-    RULE_MATCHING,
     Engine,
     Match,
     Plugin,
@@ -44,6 +43,7 @@ from tor_sets.engines.base import (
     Run,
     Validation,
     Workspace,
+    check_rule_matching,
     place,
     temporary_workspace,
 )
@@ -230,7 +230,7 @@ class FalcoEngine(Engine):
         )
         from tor_sets.falco.load import load_rules  # the loader sits above the engines in the package
 
-        enabled = [r.name for r in load_rules(*rules).rules.values() if r.enabled and r.source == "syscall"]
+        enabled = [r.name for r in load_rules(*rules).syscall_rules]
         hits: dict[str, list[Match]] = {name: [] for name in enabled}
         for alert in alerts:
             values = {f: alert.output_fields.get(f, NA) for f in fields}
@@ -262,8 +262,7 @@ class FalcoEngine(Engine):
             RuleError: Falco does not load the rules.
             EngineError: Falco failed otherwise.
         """
-        if rule_matching not in RULE_MATCHING:
-            raise RuleError(f"rule_matching must be one of {', '.join(RULE_MATCHING)}, not {rule_matching!r}")
+        check_rule_matching(rule_matching)
         if not capture.is_file():
             raise EngineError(f"{self.name}: capture {capture} is not a file", engine=self.name)
         self.check()

@@ -37,7 +37,6 @@ from tor_sets.engines import docker as _docker
 from tor_sets.engines.base import (
     DEFAULT_FIELDS,
     NA,
-    RULE_MATCHING,
     Engine,
     Match,
     Plugin,
@@ -45,6 +44,7 @@ from tor_sets.engines.base import (
     Run,
     Validation,
     Workspace,
+    check_rule_matching,
     first_match_only,
     place,
     temporary_workspace,
@@ -244,17 +244,14 @@ class SysdigEngine(Engine):
         """
         from tor_sets.falco.load import load_rules  # the loader sits above the engines in the package
 
-        if rule_matching not in RULE_MATCHING:
-            raise RuleError(f"rule_matching must be one of {', '.join(RULE_MATCHING)}, not {rule_matching!r}")
+        check_rule_matching(rule_matching)
         ruleset = load_rules(*rules)
         hits: dict[str, tuple[Match, ...]] = {}
         problems: dict[str, str] = {}
         wall = cpu = 0.0
         rss = 0
         tails = []
-        for rule in ruleset.rules.values():
-            if not rule.enabled or rule.source != "syscall":
-                continue
+        for rule in ruleset.syscall_rules:
             if not rule.complete:
                 problems[rule.name] = f"cannot expand: {', '.join(rule.unresolved)}"
                 continue
@@ -276,9 +273,7 @@ class SysdigEngine(Engine):
 
         try:
             ruleset = load_rules(*rules)
-            for rule in ruleset.rules.values():
-                if not rule.enabled or rule.source != "syscall":
-                    continue
+            for rule in ruleset.syscall_rules:
                 if not rule.complete:
                     raise RuleError(f"rule {rule.name!r}: cannot expand {', '.join(rule.unresolved)}")
                 try:

@@ -131,6 +131,11 @@ class RuleSet:
     required_plugin_versions: tuple[RequiredPlugin, ...] = ()
     warnings: tuple[str, ...] = ()
 
+    @property
+    def syscall_rules(self) -> tuple[LoadedRule, ...]:
+        """The enabled rules of the syscall source, in load order: what an engine replaying a capture evaluates."""
+        return tuple(r for r in self.rules.values() if r.enabled and r.source == "syscall")
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Reading rules files

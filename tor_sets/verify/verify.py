@@ -218,7 +218,7 @@ def verify(
         EngineError: the engine failed (not: the rules missed something, which the verdict reports).
     """
     ruleset: RuleSet = load_rules(*rules)
-    checked = [r for r in ruleset.rules.values() if r.enabled and r.source == "syscall"]
+    checked = list(ruleset.syscall_rules)
     loaded = [*before, *rules]
     with contextlib.ExitStack() as stack:
         folder = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tor-sets-verify-")))
