@@ -51,13 +51,6 @@ def _expand_below(text: str) -> int:
     return value
 
 
-def _plugin_library(text: str) -> tuple[str, Path]:
-    name, sep, library = text.partition("=")
-    if not sep or not name or not library:
-        raise argparse.ArgumentTypeError(f"expected NAME=LIBRARY, got {text!r}")
-    return name, types.input_file(library)
-
-
 def add_source_arguments(parser: argparse.ArgumentParser, *, refresh: bool = False) -> None:
     """Where relay data comes from (shared with refresh and ``plugin table``).
 
@@ -311,7 +304,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     check.add_argument(
         "--load-plugin",
         action="append",
-        type=_plugin_library,
+        type=types.plugin_library,
         default=[],
         metavar="NAME=LIBRARY",
         help="with --validate: load this plugin, e.g. container=/usr/share/falco/plugins/libcontainer.so for a "
@@ -345,22 +338,22 @@ def _validate(built: Built, args: argparse.Namespace, snapshot: Snapshot, profil
     from tor_sets.plugin import engine_plugin
     from tor_sets.verify import pick_validator, validate_text
 
-    plugins: list[tuple[str, Path]] = args.load_plugin
+    plugins: list[Plugin] = args.load_plugin
     text = render_format(built, "falco-plugin", args, snapshot) if args.format == "falco-plugin" else built.text
     assert isinstance(text, str)
-    if any(name == "container" for name, _ in plugins):
+    if any(p.name == "container" for p in plugins):
         profile = replace(profile, container_fields=False)  # the plugin brings the fields: real Falco can judge
     engine = pick_validator(None if args.validate == "auto" else args.validate, profile=profile, required=True)
     assert engine is not None
     with tempfile.TemporaryDirectory(prefix="tor-sets-validate-") as tmp:
         loads = []
-        for name, library in plugins:
-            if name == "torsets":  # the plugin needs a table to start: this build's, copied along by the engine
+        for given in plugins:
+            if given.name == "torsets":  # the plugin needs a table to start: this build's, copied along by the engine
                 table = Path(tmp) / "tor.table"
                 table.write_bytes(render_format(built, "plugin-table", args, snapshot))  # type: ignore[arg-type]
-                loads.append(engine_plugin(library, table))
+                loads.append(engine_plugin(given.library, table))
             else:
-                loads.append(Plugin(name, library))
+                loads.append(given)
         try:
             verdict = validate_text(text, engine, plugins=loads)
         except RuleError as exc:

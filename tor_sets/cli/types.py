@@ -6,7 +6,8 @@ Each function takes the text of one command-line value and returns the value, or
 
 Exports :func:`duration`, :func:`period`, :func:`positive_seconds`, :func:`non_negative_seconds`, :func:`count`,
 :func:`non_negative_count`, :func:`percent`, :func:`pid`, :func:`address`, :func:`network`, :func:`http_url`,
-:func:`falco_version`, :func:`engine_name`, :func:`csv_of`, :func:`input_file`, :func:`input_file_or_stdin`
+:func:`falco_version`, :func:`engine_name`, :func:`csv_of`, :func:`input_file`, :func:`input_file_or_stdin`,
+:func:`plugin_library`
 and :func:`folder`.
 """
 
@@ -25,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from tor_sets.cli.parser import invalid_choice
+from tor_sets.engines.base import Plugin
 from tor_sets.falco.model import profile_for
 from tor_sets.relays import IPAddress, IPNetwork
 
@@ -45,6 +47,7 @@ __all__ = [
     "percent",
     "period",
     "pid",
+    "plugin_library",
     "positive_seconds",
 ]
 
@@ -292,6 +295,18 @@ def input_file(text: str) -> Path:
     if not os.access(path, os.R_OK, effective_ids=os.access in os.supports_effective_ids):
         raise argparse.ArgumentTypeError(f"cannot read {text}: {os.strerror(errno.EACCES)}")
     return path
+
+
+def plugin_library(text: str) -> Plugin:
+    """``NAME=LIBRARY`` (``--load-plugin``): a plugin to load, its library an :func:`input_file`.
+
+    >>> plugin_library("container=/dev/null").name
+    'container'
+    """
+    name, sep, library = text.partition("=")
+    if not sep or not name or not library:
+        raise argparse.ArgumentTypeError(f"expected NAME=LIBRARY, got {text!r}")
+    return Plugin(name, input_file(library))
 
 
 def input_file_or_stdin(text: str) -> str:

@@ -99,7 +99,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument(
         "--load-plugin",
-        type=_plugin,
+        type=types.plugin_library,
         action="append",
         default=[],
         metavar="NAME=LIBRARY",
@@ -109,13 +109,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.set_defaults(func=run)
-
-
-def _plugin(text: str) -> Plugin:
-    name, sep, library = text.partition("=")
-    if not sep or not name or not library:
-        raise argparse.ArgumentTypeError(f"expected NAME=LIBRARY, got {text!r}")
-    return Plugin(name, types.input_file(library))
 
 
 def _size(text: str) -> int:

@@ -302,10 +302,7 @@ INPUTS = {
 
 def _input_options() -> set[tuple[str, str]]:
     """Every (prog, name) of the parser whose type reads a file named on the command line."""
-    from tor_sets.cli import build as build_cli
-    from tor_sets.cli import verify as verify_cli
-
-    readers = {cli_types.input_file, cli_types.input_file_or_stdin, build_cli._plugin_library, verify_cli._plugin}
+    readers = {cli_types.input_file, cli_types.input_file_or_stdin, cli_types.plugin_library}
     found = set()
 
     def walk(parser: argparse.ArgumentParser) -> None:

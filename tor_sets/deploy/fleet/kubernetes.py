@@ -53,26 +53,24 @@ def _dump(document: Mapping[str, Any]) -> str:
     return str(yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False))
 
 
-def _check_configmap_name(name: str) -> str:
-    """Return ``name`` if Kubernetes accepts it as a ConfigMap name (a DNS subdomain).
+def _check_configmap_name(name: str) -> None:
+    """Refuse ``name`` unless Kubernetes accepts it as a ConfigMap name (a DNS subdomain).
 
     Raises:
         UsageError: it does not.
     """
     if len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
         raise UsageError(f"ConfigMap name {name!r} is not a DNS subdomain (lower case, digits, '-', '.')")
-    return name
 
 
-def _check_namespace(namespace: str) -> str:
-    """Return ``namespace`` if Kubernetes accepts it (a DNS label).
+def _check_namespace(namespace: str) -> None:
+    """Refuse ``namespace`` unless Kubernetes accepts it (a DNS label).
 
     Raises:
         UsageError: it does not.
     """
     if len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace):
         raise UsageError(f"namespace {namespace!r} is not a DNS label (lower case, digits, '-')")
-    return namespace
 
 
 def _check_filename(filename: str) -> None:

@@ -79,6 +79,10 @@ def _endpoint(address: IPAddress, port: int) -> str:
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
+def _connection(client: IPAddress, client_port: int, server: IPAddress, server_port: int) -> str:
+    return f"{_endpoint(client, client_port)} -> {_endpoint(server, server_port)}"
+
+
 @dataclass(frozen=True, slots=True)
 class Observed:
     """One real connection made in the lab, as both of its ends saw it.
@@ -112,7 +116,7 @@ class Observed:
     @property
     def connection(self) -> str:
         """``CLIENT:PORT -> SERVER:PORT`` (IPv6 in brackets)."""
-        return f"{_endpoint(self.client, self.client_port)} -> {_endpoint(self.server, self.server_port)}"
+        return _connection(self.client, self.client_port, self.server, self.server_port)
 
     def to_json(self) -> dict[str, object]:
         """The connection as a JSON object."""
@@ -148,7 +152,7 @@ class Refused:
     @property
     def connection(self) -> str:
         """``CLIENT:PORT -> SERVER:PORT`` (IPv6 in brackets)."""
-        return f"{_endpoint(self.client, self.client_port)} -> {_endpoint(self.server, self.server_port)}"
+        return _connection(self.client, self.client_port, self.server, self.server_port)
 
 
 class _Terminated(SystemExit):
